@@ -1,0 +1,230 @@
+//! The application: `AppState` (config, token service, routes, metrics, clock) and the pingora
+//! server built from it, run either for real (Unix signals) or in-process for tests.
+
+use crate::auth::{keys, tokens::TokenService};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::ops::OpsApp;
+use crate::proxy::route::{PeerTimeouts, Route, RouteTable};
+use crate::proxy::Gateway;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Everything a request needs, shared by all services.
+pub struct AppState {
+    pub config: Config,
+    pub tokens: TokenService,
+    pub routes: RouteTable,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Build the state; fails with a message an operator can act on.
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let key = keys::load_or_generate(&config)?;
+        let tokens = TokenService::new(&config.auth, &key);
+        let timeouts = PeerTimeouts {
+            connect: config.proxy.connect_timeout,
+            read: config.proxy.read_timeout,
+            write: config.proxy.write_timeout,
+            idle: config.proxy.idle_timeout,
+        };
+        let routes = RouteTable::new(
+            &config.api.prefix,
+            config
+                .routes
+                .iter()
+                .map(|r| Route::new(r, timeouts))
+                .collect(),
+        );
+        let metrics = Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?;
+        Ok(AppState {
+            config,
+            tokens,
+            routes,
+            metrics,
+            clock,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// True once shutdown has begun; `/readyz` then answers 503.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Build the pingora server: the public proxy listener and the admin listener.
+pub fn build_server(state: &Arc<AppState>) -> Server {
+    let c = &state.config;
+    let conf = ServerConf {
+        threads: c.server.threads,
+        grace_period_seconds: Some(c.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(c.server.graceful_shutdown_timeout.as_secs()),
+        pid_file: c
+            .data_dir
+            .join("portcullis.pid")
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: c
+            .data_dir
+            .join("upgrade.sock")
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+        },
+        "portcullis proxy",
+    );
+    proxy.add_tcp(&c.server.listen.to_string());
+
+    let mut ops = Service::new(
+        "portcullis admin".to_string(),
+        HttpServer::new_app(OpsApp {
+            state: state.clone(),
+        }),
+    );
+    ops.add_tcp(&c.server.admin_listen.to_string());
+    ops.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(ops);
+    server
+}
+
+/// Marks the state as draining as soon as a shutdown is requested, then hands the request on.
+struct DrainOnShutdown<W> {
+    inner: W,
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for DrainOnShutdown<W> {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.inner.recv().await;
+        tracing::info!(?signal, "shutdown requested: draining");
+        self.state.draining.store(true, Ordering::SeqCst);
+        signal
+    }
+}
+
+/// Run until SIGTERM (graceful: drain within the grace period), SIGINT (fast) or SIGQUIT
+/// (graceful upgrade: hand the listening sockets to a new process).
+pub fn run(state: Arc<AppState>) {
+    let server = build_server(&state);
+    tracing::info!(
+        listen = %state.config.server.listen,
+        admin_listen = %state.config.server.admin_listen,
+        routes = state.routes.routes().len(),
+        api_prefix = %state.config.api.prefix,
+        "portcullis starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnShutdown {
+            inner: pingora_core::server::UnixShutdownSignalWatch,
+            state,
+        }),
+    });
+}
+
+/// A shutdown request delivered through a channel, for in-process servers.
+struct ChannelSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A server running in this process (tests, benchmarks). Dropping it stops it.
+pub struct RunningServer {
+    pub state: Arc<AppState>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Start a server on its own threads and wait until both listeners accept connections.
+    pub fn start(state: Arc<AppState>) -> Result<RunningServer, String> {
+        let listen = state.config.server.listen;
+        let admin_listen = state.config.server.admin_listen;
+        let server = build_server(&state);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let watch = DrainOnShutdown {
+            inner: ChannelSignal(tokio::sync::Mutex::new(Some(rx))),
+            state: state.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("portcullis-server".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(watch),
+                })
+            })
+            .map_err(|e| format!("cannot spawn server thread: {e}"))?;
+        let running = RunningServer {
+            state,
+            listen,
+            admin_listen,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in [listen, admin_listen] {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(format!("server did not start listening on {addr}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(running)
+    }
+
+    /// Ask for a shutdown of the given kind and wait until the server has stopped.
+    pub fn stop_with(mut self, signal: ShutdownSignal) {
+        self.finish(signal);
+    }
+
+    fn finish(&mut self, signal: ShutdownSignal) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(signal);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.finish(ShutdownSignal::FastShutdown);
+    }
+}

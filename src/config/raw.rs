@@ -1,0 +1,215 @@
+//! The configuration in its file shape: what `config/default.toml`, `.env` and the environment
+//! write, with every key's default. Typing and validation happen in `config::Config::from_raw`.
+
+use serde::{Deserialize, Serialize};
+
+/// Every key of the configuration file, with the embedded defaults in `Default`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub data_dir: String,
+    pub server: RawServer,
+    pub auth: RawAuth,
+    pub api: RawApi,
+    pub proxy: RawProxy,
+    pub storage: RawStorage,
+    pub rate_limits: RawRateLimits,
+    pub log: RawLog,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: i64,
+    pub grace_period_seconds: i64,
+    pub graceful_shutdown_timeout_seconds: i64,
+    pub public_url: String,
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub secret_key: String,
+    pub algorithm: String,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_expire_minutes: i64,
+    pub idle_minutes: i64,
+    pub leeway_seconds: i64,
+    pub service_tokens: Vec<RawServiceToken>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceToken {
+    pub name: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub connect_timeout_seconds: i64,
+    pub read_timeout_seconds: i64,
+    pub write_timeout_seconds: i64,
+    pub idle_timeout_seconds: i64,
+    pub identity_header_prefix: String,
+    pub user_id_header: String,
+    pub email_header: String,
+    pub nickname_header: String,
+    pub role_header: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    pub database: String,
+    pub audit_database: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimits {
+    pub public_routes: i64,
+    pub public_time_unit: String,
+    pub private_routes: i64,
+    pub private_time_unit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub upstream: Upstreams,
+    #[serde(default = "default_route_auth")]
+    pub auth: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `upstream = "host:port"` or `upstream = ["host:port", …]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Upstreams {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Upstreams {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Upstreams::One(one) => std::slice::from_ref(one),
+            Upstreams::Many(many) => many,
+        }
+    }
+}
+
+fn default_route_auth() -> String {
+    "required".to_string()
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            data_dir: "./data".into(),
+            server: RawServer::default(),
+            auth: RawAuth::default(),
+            api: RawApi::default(),
+            proxy: RawProxy::default(),
+            storage: RawStorage::default(),
+            rate_limits: RawRateLimits::default(),
+            log: RawLog::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "0.0.0.0:8000".into(),
+            admin_listen: "127.0.0.1:9400".into(),
+            threads: 0,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            public_url: String::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            secret_key: String::new(),
+            algorithm: "HS256".into(),
+            issuer: "portcullis".into(),
+            audience: "portcullis".into(),
+            access_token_expire_minutes: 30,
+            idle_minutes: 30,
+            leeway_seconds: 5,
+            service_tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            prefix: "/auth".into(),
+        }
+    }
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            connect_timeout_seconds: 5,
+            read_timeout_seconds: 60,
+            write_timeout_seconds: 60,
+            idle_timeout_seconds: 60,
+            identity_header_prefix: "X-Auth-".into(),
+            user_id_header: "X-Auth-User-Id".into(),
+            email_header: "X-Auth-Email".into(),
+            nickname_header: "X-Auth-Nickname".into(),
+            role_header: "X-Auth-Role".into(),
+        }
+    }
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        RawRateLimits {
+            public_routes: 100,
+            public_time_unit: "10minute".into(),
+            private_routes: 300,
+            private_time_unit: "60minute".into(),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "json".into(),
+        }
+    }
+}

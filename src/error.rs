@@ -1,0 +1,135 @@
+//! The one error type of the request path: each variant's HTTP status, public message and
+//! extra headers are decided here, once. Details go to the log, never to the client.
+
+use http::StatusCode;
+
+/// The realm named in every `WWW-Authenticate` challenge (RFC 6750 §3).
+pub const REALM: &str = "portcullis";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No bearer token where one is required.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// A token was sent but failed validation; the reason is for the log only.
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// Authenticated, but the role is not allowed here.
+    #[error("insufficient role")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request target or headers are malformed or ambiguous; the message is public.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("service shutting down")]
+    Unavailable,
+    /// Anything unexpected; the detail is logged, the client sees a fixed message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::MissingToken | Error::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden => StatusCode::FORBIDDEN,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message clients see in `{"detail": …}`.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Error::MissingToken => "Not authenticated",
+            Error::InvalidToken(_) => "Could not validate credentials",
+            Error::Forbidden => "Not enough permissions",
+            Error::NotFound => "Not Found",
+            Error::MethodNotAllowed => "Method Not Allowed",
+            Error::BadRequest(msg) => msg,
+            Error::PayloadTooLarge => "Request body too large",
+            Error::UpstreamUnavailable => "Upstream unavailable",
+            Error::UpstreamTimeout => "Upstream timed out",
+            Error::Unavailable => "Service unavailable",
+            Error::Internal(_) => "Internal server error",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge this error carries, if any (RFC 6750 §3).
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            Error::MissingToken => Some("Bearer realm=\"portcullis\""),
+            Error::InvalidToken(_) => Some(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"The access token is invalid or expired\"",
+            ),
+            Error::Forbidden => Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
+            _ => None,
+        }
+    }
+
+    /// A short stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::MissingToken => "missing_token",
+            Error::InvalidToken(why) => why,
+            Error::Forbidden => "forbidden_role",
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::BadRequest(_) => "bad_request",
+            Error::PayloadTooLarge => "payload_too_large",
+            Error::UpstreamUnavailable => "upstream_unavailable",
+            Error::UpstreamTimeout => "upstream_timeout",
+            Error::Unavailable => "unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body clients see.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::json!({ "detail": self.public_message() })
+            .to_string()
+            .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_detail_never_reaches_the_body() {
+        let e = Error::Internal("redb: /var/lib/portcullis/x.redb corrupted".into());
+        let body = String::from_utf8(e.body()).unwrap();
+        assert_eq!(body, r#"{"detail":"Internal server error"}"#);
+        assert!(!body.contains("redb"));
+    }
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        assert_eq!(
+            Error::MissingToken.challenge(),
+            Some("Bearer realm=\"portcullis\"")
+        );
+        assert!(Error::InvalidToken("expired")
+            .challenge()
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        assert_eq!(Error::NotFound.challenge(), None);
+        assert!(Error::MissingToken.challenge().unwrap().contains(REALM));
+    }
+}

@@ -1,0 +1,376 @@
+//! The pingora side: the `Gateway` (our `ProxyHttp`) classifies each request, answers the
+//! accounts API and every refusal locally, and sends the rest through the gate to the upstream
+//! with spoofable headers stripped and the real identity injected.
+
+pub mod gate;
+pub mod headers;
+pub mod ops;
+pub mod path;
+pub mod respond;
+pub mod route;
+
+use crate::api::{self, ApiRequest};
+use crate::app::AppState;
+use crate::auth::tokens::Identity;
+use crate::error::Error;
+use crate::metrics::status_class;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use route::Destination;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    pub state: Arc<AppState>,
+}
+
+/// Where a request went, for metrics and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Unrouted,
+    Api,
+    Route(usize),
+}
+
+/// Per-request state shared between the hooks.
+pub struct RequestCtx {
+    start: Instant,
+    request_id: String,
+    peer_ip: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    /// Normalized origin-form target the upstream receives.
+    upstream_target: Option<String>,
+    served: Served,
+    identity: Option<Identity>,
+    /// Why the request was refused or failed, for the log.
+    outcome: Option<&'static str>,
+}
+
+/// Does the request carry a body that we have not read?
+fn has_body(req: &RequestHeader) -> bool {
+    let cl = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    cl.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+impl Gateway {
+    /// Decide the request: `Ok(true)` when answered here, `Ok(false)` to proxy it.
+    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool, Error> {
+        let state = &self.state;
+        let req = session.req_header();
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Error::BadRequest("Duplicate Host header"));
+        }
+        let target = path::parse_target(req.raw_path())?;
+        if let Some(authority) = &target.authority {
+            let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
+            if !host.eq_ignore_ascii_case(authority) {
+                return Err(Error::BadRequest("Request target and Host disagree"));
+            }
+        }
+        let now = state.clock.now();
+        match state.routes.classify(&target.path, api::owns) {
+            Destination::NotFound => Err(Error::NotFound),
+            Destination::Api(rel) => {
+                ctx.served = Served::Api;
+                let api_req = ApiRequest {
+                    method: req.method.clone(),
+                    path: rel.to_string(),
+                    query: target.query.clone(),
+                    headers: req.headers.clone(),
+                    body: bytes::Bytes::new(),
+                    client_ip: ctx.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                    request_id: ctx.request_id.clone(),
+                    now,
+                };
+                let close = has_body(req);
+                let path = api_req.path.clone();
+                match api::handle(api_req).await {
+                    Ok(resp) => {
+                        let mut extra = Vec::new();
+                        if resp.no_store {
+                            extra.push(("cache-control", "no-store".to_string()));
+                        }
+                        let body = resp.body.to_string().into_bytes();
+                        respond::json(session, resp.status, body, &extra, &ctx.request_id, close)
+                            .await
+                            .map_err(|e| Error::Internal(format!("writing API response: {e}")))?;
+                        Ok(true)
+                    }
+                    Err(Error::MethodNotAllowed) => {
+                        let err = Error::MethodNotAllowed;
+                        let allow = api::allowed_methods(&path)
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|m| m.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        ctx.outcome = Some(err.reason());
+                        respond::json(
+                            session,
+                            err.status(),
+                            err.body(),
+                            &[("allow", allow)],
+                            &ctx.request_id,
+                            close,
+                        )
+                        .await
+                        .map_err(|e| Error::Internal(format!("writing API response: {e}")))?;
+                        Ok(true)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Destination::Route(index) => {
+                ctx.served = Served::Route(index);
+                let route = state.routes.route(index);
+                match gate::authorize(&state.tokens, route, &req.headers, now) {
+                    Ok(identity) => {
+                        if route.auth == crate::config::RouteAuth::Required {
+                            state
+                                .metrics
+                                .gate
+                                .with_label_values(&["allow", "valid"])
+                                .inc();
+                        }
+                        ctx.identity = identity;
+                    }
+                    Err(e) => {
+                        state
+                            .metrics
+                            .gate
+                            .with_label_values(&["deny", e.reason()])
+                            .inc();
+                        return Err(e);
+                    }
+                }
+                ctx.upstream_target = Some(target.origin_form());
+                Ok(false)
+            }
+        }
+    }
+
+    fn route_label(&self, served: Served) -> &str {
+        match served {
+            Served::Unrouted => "none",
+            Served::Api => "api",
+            Served::Route(i) => &self.state.routes.route(i).path,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            upstream_target: None,
+            served: Served::Unrouted,
+            identity: None,
+            outcome: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req.headers.get(headers::REQUEST_ID));
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = ctx.peer_ip.map(|peer| {
+            headers::client_ip(
+                peer,
+                &req.headers,
+                &self.state.config.server.trusted_proxies,
+            )
+        });
+        match self.decide(session, ctx).await {
+            Ok(answered) => Ok(answered),
+            Err(err) => {
+                if let Error::Internal(detail) = &err {
+                    tracing::error!(request_id = %ctx.request_id, error = %detail, "internal error");
+                }
+                ctx.outcome = Some(err.reason());
+                let close = has_body(session.req_header());
+                respond::error(session, &err, &ctx.request_id, close).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        match ctx.served {
+            Served::Route(i) => Ok(Box::new(self.state.routes.route(i).next_peer())),
+            _ => Err(pingora_error::Error::explain(
+                ErrorType::InternalError,
+                "no route chosen before upstream_peer",
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<()> {
+        let config = &self.state.config;
+        if let Some(target) = &ctx.upstream_target {
+            upstream.set_raw_path(target.as_bytes())?;
+        }
+        for name in headers::spoofable_headers(&upstream.headers, &config.proxy.identity) {
+            upstream.remove_header(&name);
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in headers::identity_headers(&config.proxy.identity, identity) {
+                upstream.insert_header(name, value)?;
+            }
+        }
+        if let (Some(peer), Some(client)) = (ctx.peer_ip, ctx.client_ip) {
+            let downstream = &session.req_header().headers;
+            for (name, value) in headers::forwarding_headers(
+                peer,
+                client,
+                downstream,
+                &config.server.trusted_proxies,
+            ) {
+                upstream.insert_header(name, value)?;
+            }
+        }
+        upstream.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<()> {
+        response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora_error::Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) if *code == 413 => Some(Error::PayloadTooLarge),
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Some(Error::UpstreamTimeout),
+            (ErrorSource::Upstream, _) => Some(Error::UpstreamUnavailable),
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(Error::BadRequest("Malformed request")),
+            _ => Some(Error::Internal(e.to_string())),
+        };
+        let label = self.route_label(ctx.served).to_string();
+        match &err {
+            Some(Error::UpstreamTimeout) => {
+                self.state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[&label, "timeout"])
+                    .inc();
+            }
+            Some(Error::UpstreamUnavailable) => {
+                self.state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[&label, "unavailable"])
+                    .inc();
+            }
+            _ => {}
+        }
+        tracing::warn!(request_id = %ctx.request_id, route = %label, error = %e, "request failed");
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        ctx.outcome = Some(err.reason());
+        let code = err.status().as_u16();
+        if session.response_written().is_none() {
+            if let Err(write_err) = respond::error(session, &err, &ctx.request_id, true).await {
+                tracing::debug!(error = %write_err, "cannot write error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora_error::Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        let route = self.route_label(ctx.served);
+        let metrics = &self.state.metrics;
+        metrics
+            .requests
+            .with_label_values(&[route, status_class(status)])
+            .inc();
+        metrics
+            .latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        let path = ctx
+            .upstream_target
+            .as_deref()
+            .map(|t| t.split('?').next().unwrap_or(t))
+            .unwrap_or_else(|| req.uri.path());
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = %path,
+            route = %route,
+            status = status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            user_id = ctx.identity.as_ref().map(|i| i.user_id.as_str()).unwrap_or(""),
+            client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            outcome = ctx.outcome.unwrap_or(if status < 400 { "ok" } else { "error" }),
+            "request"
+        );
+    }
+}
