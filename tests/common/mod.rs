@@ -1,0 +1,216 @@
+//! Test harness: a real portcullis started in-process on free ports with a temp data dir and an
+//! echo upstream, plus helpers for raw HTTP and tokens. Stopped when dropped.
+#![allow(dead_code)]
+
+pub mod echo;
+
+pub use echo::EchoUpstream;
+use portcullis::app::{AppState, RunningServer};
+use portcullis::auth::tokens::Subject;
+use portcullis::clock::ManualClock;
+use portcullis::config::raw::{RawRoute, Upstreams};
+use portcullis::config::{Config, RawConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The signing key every test server uses, so tests can forge tokens with it.
+pub const TEST_KEY: &str = "test-secret-key-0123456789abcdef-0123456789";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A route entry for `RawConfig::routes`.
+pub fn route(path: &str, upstream: SocketAddr, auth: &str, roles: &[&str]) -> RawRoute {
+    RawRoute {
+        path: path.to_string(),
+        upstream: Upstreams::One(upstream.to_string()),
+        auth: auth.to_string(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// Embedded defaults with free loopback ports, a temp data dir and the test key.
+pub fn test_raw_config(data_dir: &Path) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.data_dir = data_dir.to_string_lossy().into_owned();
+    raw.server.listen = format!("127.0.0.1:{}", free_port());
+    raw.server.admin_listen = format!("127.0.0.1:{}", free_port());
+    raw.server.threads = 2;
+    raw.server.grace_period_seconds = 0;
+    raw.server.graceful_shutdown_timeout_seconds = 1;
+    raw.auth.secret_key = TEST_KEY.to_string();
+    raw
+}
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Start with the test defaults as changed by `configure`.
+    pub fn start(configure: impl FnOnce(&mut RawConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut raw = test_raw_config(dir.path());
+        configure(&mut raw);
+        let config =
+            Config::from_raw(&raw).unwrap_or_else(|e| panic!("test config invalid: {e:?}"));
+        let clock = Arc::new(ManualClock::new(unix_now()));
+        let state = AppState::new(config, clock.clone()).expect("app state");
+        let server = RunningServer::start(Arc::new(state)).expect("server starts");
+        TestServer { server, clock, dir }
+    }
+
+    /// One protected route `/api` (any role), one admin-only `/admin`, one public `/public`,
+    /// all to `upstream`.
+    pub fn with_routes(upstream: &EchoUpstream) -> TestServer {
+        let addr = upstream.addr;
+        TestServer::start(|raw| {
+            raw.routes = vec![
+                route("/api", addr, "required", &[]),
+                route("/admin", addr, "required", &["admin"]),
+                route("/public", addr, "public", &[]),
+            ];
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.listen
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.listen, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.admin_listen, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// A valid access token for a user with `role`, issued now.
+    pub fn token(&self, role: &str) -> String {
+        self.token_for("user-1", "alice@example.com", "alice", role)
+    }
+
+    pub fn token_for(&self, id: &str, email: &str, nickname: &str, role: &str) -> String {
+        use portcullis::clock::Clock;
+        self.server
+            .state
+            .tokens
+            .issue(
+                &Subject {
+                    user_id: id,
+                    email,
+                    nickname,
+                    role,
+                    session_id: "session-1",
+                },
+                self.clock.now(),
+            )
+            .expect("issue token")
+    }
+}
+
+/// A blocking HTTP client that never uses a proxy or follows redirects.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A raw HTTP response: status, headers (lower-case names), body.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Send raw bytes (one request, `Connection: close` advised) and read the whole answer.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse the first response in `text`.
+pub fn parse_response(text: &str) -> RawResponse {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = match headers.iter().find(|(n, _)| n == "content-length") {
+        Some((_, len)) => {
+            let len: usize = len.parse().unwrap_or(0);
+            body.get(..len).unwrap_or(body).to_string()
+        }
+        None => body.to_string(),
+    };
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// One GET over a raw socket with the given target and extra header lines.
+pub fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> RawResponse {
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n"
+    );
+    parse_response(&raw_exchange(addr, req.as_bytes()))
+}
