@@ -1,9 +1,10 @@
 //! A tiny HTTP/1.1 upstream that answers every request with a JSON echo of its method, target,
-//! headers and body size, and counts what it saw. `?delay_ms=N` delays the answer; a request
+//! headers and body size, and counts what it saw. `?delay_ms=N` delays the answer, `?download_bytes=N` answers
+//! with N streamed zero bytes instead; a request
 //! with `Upgrade: websocket` is switched (101) and then echoes raw bytes back.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -63,10 +64,51 @@ impl Record {
     }
 }
 
+/// A response body of `remaining` zero bytes, produced 64 KiB at a time (never held whole).
+pub struct Zeros {
+    remaining: u64,
+}
+
+impl hyper::body::Body for Zeros {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        const CHUNK: u64 = 64 * 1024;
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK);
+        self.remaining -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(
+            vec![0u8; n as usize],
+        )))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+type EchoBody = Either<Full<Bytes>, Zeros>;
+
+fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn handle(
     req: Request<Incoming>,
     record: Arc<Record>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<EchoBody>, hyper::Error> {
     let method = req.method().to_string();
     let target = req
         .uri()
@@ -83,14 +125,8 @@ async fn handle(
             )
         })
         .collect();
-    let delay_ms: u64 = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let delay_ms = query_number(&req, "delay_ms");
+    let download = query_number(&req, "download_bytes");
     let wants_upgrade = req
         .headers()
         .get(hyper::header::UPGRADE)
@@ -119,7 +155,7 @@ async fn handle(
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")
             .header("connection", "Upgrade")
-            .body(Full::new(Bytes::new()))
+            .body(Either::Left(Full::new(Bytes::new())))
             .unwrap());
     }
 
@@ -145,9 +181,17 @@ async fn handle(
         headers,
         body_bytes,
     });
+    if download > 0 {
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(Either::Right(Zeros {
+                remaining: download,
+            }))
+            .unwrap());
+    }
     Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(json.to_string())))
+        .body(Either::Left(Full::new(Bytes::from(json.to_string()))))
         .unwrap())
 }
 
