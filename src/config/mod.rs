@@ -290,6 +290,23 @@ fn check_prefix(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// `info`, or comma-separated `level` / `target=level` directives (`portcullis=debug,warn`).
+fn is_log_filter(filter: &str) -> bool {
+    !filter.is_empty()
+        && filter.split(',').all(|part| match part.split_once('=') {
+            None => LOG_LEVELS.contains(&part.trim()),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+                    && LOG_LEVELS.contains(&level.trim())
+            }
+        })
+}
+
 impl Config {
     /// Type and validate a raw configuration, reporting every problem by key.
     pub fn from_raw(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
@@ -534,7 +551,7 @@ impl Config {
         );
 
         let level = raw.log.level.trim().to_ascii_lowercase();
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() || level.is_empty() {
+        if !is_log_filter(&level) {
             c.fail(
                 "log.level",
                 format!(

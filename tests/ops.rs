@@ -1,0 +1,215 @@
+//! Operations: the admin listener's metrics and health endpoints, the access log, and a SIGTERM
+//! that drains in-flight requests before a clean exit. Log and signal tests run the real binary.
+
+mod common;
+
+use common::{client, free_port, EchoUpstream, TestServer, TEST_KEY};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn admin_listener_serves_metrics_health_and_readiness() {
+    let upstream = EchoUpstream::start();
+    let server = TestServer::with_routes(&upstream);
+    let c = client();
+    assert_eq!(c.get(server.url("/api/x")).send().unwrap().status(), 401);
+    let ok = c
+        .get(server.url("/api/x"))
+        .bearer_auth(server.token("user"))
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(c.get(server.url("/public/x")).send().unwrap().status(), 200);
+
+    let resp = c.get(server.admin_url("/metrics")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().unwrap();
+    for needle in [
+        "portcullis_requests_total{route=\"/api\",status=\"2xx\"} 1",
+        "portcullis_requests_total{route=\"/api\",status=\"4xx\"} 1",
+        "portcullis_requests_total{route=\"/public\",status=\"2xx\"} 1",
+        "portcullis_gate_decisions_total{decision=\"allow\",reason=\"valid\"} 1",
+        "portcullis_gate_decisions_total{decision=\"deny\",reason=\"missing_token\"} 1",
+        "portcullis_request_duration_seconds_bucket{route=\"/api\"",
+        "portcullis_build_info{version=\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert_eq!(
+        c.get(server.admin_url("/healthz")).send().unwrap().status(),
+        200
+    );
+    let ready = c.get(server.admin_url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<serde_json::Value>().unwrap()["status"],
+        "ready"
+    );
+    assert_eq!(
+        c.get(server.admin_url("/nope")).send().unwrap().status(),
+        404
+    );
+}
+
+#[test]
+fn public_listener_never_serves_metrics() {
+    let server = TestServer::start(|_| {});
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let resp = client().get(server.url(path)).send().unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(!resp.text().unwrap().contains("portcullis_"), "{path}");
+    }
+}
+
+/// The real binary with its configuration in the environment, stdout captured.
+fn spawn_binary(
+    upstream: &EchoUpstream,
+    data_dir: &std::path::Path,
+    listen: u16,
+    admin: u16,
+) -> Child {
+    let routes = format!(
+        "[{{path = \"/api\", upstream = \"{}\", auth = \"required\"}}]",
+        upstream.addr
+    );
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("serve")
+        .current_dir(data_dir)
+        .env_clear()
+        .env("PORTCULLIS_SERVER__LISTEN", format!("127.0.0.1:{listen}"))
+        .env(
+            "PORTCULLIS_SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin}"),
+        )
+        .env("PORTCULLIS_SERVER__GRACE_PERIOD_SECONDS", "3")
+        .env("PORTCULLIS_SERVER__THREADS", "2")
+        .env("PORTCULLIS_DATA_DIR", data_dir.join("data"))
+        .env("PORTCULLIS_ROUTES", routes)
+        .env("SECRET_KEY", TEST_KEY)
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portcullis")
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "portcullis did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn token() -> String {
+    use portcullis::auth::tokens::{Subject, TokenService};
+    use portcullis::config::{Config, RawConfig};
+    let config = Config::from_raw(&RawConfig::default()).unwrap();
+    TokenService::new(&config.auth, TEST_KEY.as_bytes())
+        .issue(
+            &Subject {
+                user_id: "user-7",
+                email: "u7@example.com",
+                nickname: "u7",
+                role: "user",
+                session_id: "s7",
+            },
+            common::unix_now(),
+        )
+        .unwrap()
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let upstream = EchoUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
+    wait_listening(listen);
+    let url = format!("http://127.0.0.1:{listen}/api/slow?delay_ms=1500");
+    let token = token();
+    let in_flight = std::thread::spawn(move || {
+        client()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    // Let the request reach the upstream, then ask for a graceful stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped_at = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        in_flight.join().unwrap().expect("in-flight request failed"),
+        200
+    );
+    // New connections are no longer accepted while draining.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", listen)).is_err());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+}
+
+#[test]
+fn access_log_is_one_json_line_per_request_without_secrets() {
+    let upstream = EchoUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
+    wait_listening(listen);
+    let token = token();
+    let resp = client()
+        .get(format!(
+            "http://127.0.0.1:{listen}/api/items?access_token=leak-me"
+        ))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-test-42")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stdout = child.stdout.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    child.wait().unwrap();
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["request_id"] == "log-test-42")
+        .collect();
+    assert_eq!(access.len(), 1, "{lines:#?}");
+    let line = &access[0];
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/api/items");
+    assert_eq!(line["route"], "/api");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["user_id"], "user-7");
+    assert!(line["latency_ms"].as_f64().is_some());
+    assert!(line["timestamp"].as_str().is_some());
+    let all = lines.join("\n");
+    assert!(!all.contains(&token), "token in the log");
+    assert!(!all.contains("leak-me"), "query string in the log");
+    assert!(!all.contains(TEST_KEY), "secret key in the log");
+}
