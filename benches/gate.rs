@@ -1,1 +1,88 @@
-fn main() {}
+//! Cost of the gate on the proxy's hot path: normalizing the target, classifying the route and
+//! validating the bearer token, for a valid token, a forged one and none.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue};
+use portcullis::auth::tokens::{Subject, TokenService};
+use portcullis::config::{Config, RawConfig, RouteAuth, RouteSpec};
+use portcullis::proxy::gate::authorize;
+use portcullis::proxy::path::parse_target;
+use portcullis::proxy::route::{Destination, PeerTimeouts, Route, RouteTable};
+use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn bench_gate(c: &mut Criterion) {
+    let config = Config::from_raw(&RawConfig::default()).unwrap();
+    let tokens = TokenService::new(&config.auth, b"bench-secret-key-0123456789abcdef-0123");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = tokens
+        .issue(
+            &Subject {
+                user_id: "3f6c0b8e-2a51-4c07-9d1e-5a8f7c2b9e10",
+                email: "alice@example.com",
+                nickname: "alice",
+                role: "user",
+                session_id: "0d9e6a4b-7c15-4f3a-8e2d-1b6c9a7f5e30",
+            },
+            now,
+        )
+        .unwrap();
+    let timeouts = PeerTimeouts {
+        connect: Duration::from_secs(1),
+        read: Duration::from_secs(1),
+        write: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+    };
+    let spec = |path: &str| RouteSpec {
+        path: path.to_string(),
+        upstreams: vec!["127.0.0.1:9000".parse().unwrap()],
+        auth: RouteAuth::Required,
+        roles: vec![],
+    };
+    let table = RouteTable::new(
+        "/auth",
+        vec![
+            Route::new(&spec("/api"), timeouts),
+            Route::new(&spec("/api/admin"), timeouts),
+            Route::new(&spec("/static"), timeouts),
+        ],
+    );
+
+    let mut valid = HeaderMap::new();
+    valid.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let mut forged = HeaderMap::new();
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    forged.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {bad}")).unwrap(),
+    );
+    let none = HeaderMap::new();
+
+    let run = |headers: &HeaderMap| {
+        let target = parse_target(black_box(b"/api/orders/42?page=2")).unwrap();
+        let Destination::Route(i) = table.classify(&target.path, |_| false) else {
+            unreachable!()
+        };
+        authorize(&tokens, table.route(i), black_box(headers), now).is_ok()
+    };
+    assert!(run(&valid));
+    assert!(!run(&forged));
+    assert!(!run(&none));
+
+    let mut group = c.benchmark_group("gate");
+    group.bench_function("valid_token", |b| b.iter(|| run(&valid)));
+    group.bench_function("forged_signature", |b| b.iter(|| run(&forged)));
+    group.bench_function("no_token", |b| b.iter(|| run(&none)));
+    group.finish();
+}
+
+criterion_group!(benches, bench_gate);
+criterion_main!(benches);

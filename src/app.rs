@@ -147,6 +147,42 @@ pub fn run(state: Arc<AppState>) {
     });
 }
 
+/// Ask a running server's admin listener for `/readyz`; `Ok` only on 200. An unspecified
+/// listen address (0.0.0.0 / ::) is probed on loopback.
+pub fn probe_ready(admin_listen: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut addr = admin_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .and_then(|_| {
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        })
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if head.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr} answered {}",
+            String::from_utf8_lossy(&head[9..]).trim()
+        ))
+    }
+}
+
 /// A shutdown request delivered through a channel, for in-process servers.
 struct ChannelSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
 

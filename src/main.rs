@@ -1,4 +1,4 @@
-//! The `portcullis` command line: serve (default), check-config.
+//! The `portcullis` command line: serve (default), check-config, healthcheck.
 
 use clap::{Parser, Subcommand};
 use portcullis::app::{run, AppState};
@@ -25,6 +25,8 @@ enum Command {
     Serve(ConfigArg),
     /// Print the effective configuration with secrets masked, or list every problem.
     CheckConfig(ConfigArg),
+    /// Exit 0 when the running server answers /readyz on its admin listener (for HEALTHCHECK).
+    Healthcheck(ConfigArg),
 }
 
 #[derive(clap::Args, Default)]
@@ -57,6 +59,19 @@ fn main() -> ExitCode {
                 print!("{}", raw.to_masked_toml());
                 ExitCode::SUCCESS
             }
+            Err(errors) => {
+                report(&errors);
+                ExitCode::from(2)
+            }
+        },
+        Command::Healthcheck(arg) => match load(&arg) {
+            Ok((config, _)) => match portcullis::app::probe_ready(config.server.admin_listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("portcullis: not ready: {message}");
+                    ExitCode::from(1)
+                }
+            },
             Err(errors) => {
                 report(&errors);
                 ExitCode::from(2)

@@ -331,8 +331,10 @@ fn version_and_help() {
 #[test]
 fn signing_key_is_generated_once_with_mode_0600_and_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
-    raw.data_dir = dir.path().to_string_lossy().into_owned();
+    let mut raw = RawConfig {
+        data_dir: dir.path().to_string_lossy().into_owned(),
+        ..RawConfig::default()
+    };
     let config = Config::from_raw(&raw).unwrap();
     let subject = Subject {
         user_id: "u",
@@ -366,10 +368,68 @@ fn signing_key_is_generated_once_with_mode_0600_and_reused() {
 fn a_tampered_generated_key_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.key"), "short").unwrap();
-    let mut raw = RawConfig::default();
-    raw.data_dir = dir.path().to_string_lossy().into_owned();
+    let raw = RawConfig {
+        data_dir: dir.path().to_string_lossy().into_owned(),
+        ..RawConfig::default()
+    };
     let err = AppState::new(Config::from_raw(&raw).unwrap(), Arc::new(SystemClock))
         .err()
         .expect("short key file refused");
     assert!(err.contains("secret.key"), "{err}");
+}
+
+fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => leaf_keys(&key, t, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+#[test]
+fn shipped_default_toml_lists_every_key_at_its_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: toml::Table = text.parse().unwrap();
+    let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+    let (mut in_file, mut expected) = (Vec::new(), Vec::new());
+    leaf_keys("", &file, &mut in_file);
+    leaf_keys("", defaults.as_table().unwrap(), &mut expected);
+    in_file.sort();
+    expected.sort();
+    assert_eq!(
+        in_file, expected,
+        "config/default.toml and the embedded defaults differ in keys"
+    );
+    let parsed: RawConfig = toml::from_str(&text).unwrap();
+    assert_eq!(
+        parsed,
+        RawConfig::default(),
+        "config/default.toml values differ from the defaults"
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    {
+        let name = "examples/gateway.toml";
+        let dir = tempfile::tempdir().unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let out = portcullis(
+            dir.path(),
+            &["check-config", "--config", path.to_str().unwrap()],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

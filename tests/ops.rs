@@ -213,3 +213,26 @@ fn access_log_is_one_json_line_per_request_without_secrets() {
     assert!(!all.contains("leak-me"), "query string in the log");
     assert!(!all.contains(TEST_KEY), "secret key in the log");
 }
+
+#[test]
+fn healthcheck_command_reflects_readiness() {
+    let server = TestServer::start(|_| {});
+    let run = |admin: String| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("healthcheck")
+            .env_clear()
+            .env("PORTCULLIS_SERVER__ADMIN_LISTEN", admin)
+            .current_dir(server.data_dir())
+            .output()
+            .unwrap()
+    };
+    let ok = run(server.server.admin_listen.to_string());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let down = run(format!("127.0.0.1:{}", free_port()));
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("not ready"));
+}

@@ -45,8 +45,10 @@ pub fn route(path: &str, upstream: SocketAddr, auth: &str, roles: &[&str]) -> Ra
 
 /// Embedded defaults with free loopback ports, a temp data dir and the test key.
 pub fn test_raw_config(data_dir: &Path) -> RawConfig {
-    let mut raw = RawConfig::default();
-    raw.data_dir = data_dir.to_string_lossy().into_owned();
+    let mut raw = RawConfig {
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        ..RawConfig::default()
+    };
     raw.server.listen = format!("127.0.0.1:{}", free_port());
     raw.server.admin_listen = format!("127.0.0.1:{}", free_port());
     raw.server.threads = 2;
