@@ -175,6 +175,7 @@ fn secrets_are_masked() {
 const BAD_ENV: &[(&str, &str, &str)] = &[
     ("PORTCULLIS_SERVER__LISTEN", "nonsense", "server.listen"),
     ("PORTCULLIS_SERVER__ADMIN_LISTEN", "localhost", "server.admin_listen"),
+    ("PORTCULLIS_SERVER__ADMIN_LISTEN", "0.0.0.0:8000", "server.admin_listen"),
     ("PORTCULLIS_SERVER__THREADS", "abc", "server.threads"),
     ("PORTCULLIS_SERVER__THREADS", "-1", "server.threads"),
     ("PORTCULLIS_SERVER__GRACE_PERIOD_SECONDS", "99999", "server.grace_period_seconds"),
@@ -205,6 +206,7 @@ const BAD_ENV: &[(&str, &str, &str)] = &[
     ("PORTCULLIS_PROXY__EMAIL_HEADER", "X-Email", "proxy.email_header"),
     ("PORTCULLIS_PROXY__NICKNAME_HEADER", "", "proxy.nickname_header"),
     ("PORTCULLIS_PROXY__ROLE_HEADER", "X-Auth-Role:", "proxy.role_header"),
+    ("PORTCULLIS_STORAGE__AUDIT_DATABASE", "./data/portcullis.redb", "storage.audit_database"),
     ("RATE_LIMITS_PUBLIC_ROUTES", "0", "rate_limits.public_routes"),
     ("RATE_LIMITS_PUBLIC_TIME_UNIT", "10fortnights", "rate_limits.public_time_unit"),
     ("RATE_LIMITS_PRIVATE_ROUTES", "lots", "rate_limits.private_routes"),
