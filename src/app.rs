@@ -1,17 +1,26 @@
-//! The application: `AppState` (config, token service, routes, metrics, clock) and the pingora
-//! server built from it, run either for real (Unix signals) or in-process for tests.
+//! The application: `AppState` (config, store, token service, sessions, hasher, mailer, routes,
+//! metrics, clock) and the pingora server built from it, with its background services, run
+//! either for real (Unix signals) or in-process for tests.
 
+use crate::auth::password::Hasher;
+use crate::auth::sessions::SessionTable;
+use crate::auth::tokens::Identity;
 use crate::auth::{keys, tokens::TokenService};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::email::Mailer;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::proxy::ops::OpsApp;
 use crate::proxy::route::{PeerTimeouts, Route, RouteTable};
 use crate::proxy::Gateway;
+use crate::store::Store;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,10 +31,15 @@ use std::time::{Duration, Instant};
 /// Everything a request needs, shared by all services.
 pub struct AppState {
     pub config: Config,
+    pub store: Arc<Store>,
     pub tokens: TokenService,
+    pub sessions: SessionTable,
+    pub hasher: Hasher,
+    pub mailer: Mailer,
     pub routes: RouteTable,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    mail_wakeup: tokio::sync::Notify,
     draining: AtomicBool,
 }
 
@@ -50,15 +64,77 @@ impl AppState {
                 .map(|r| Route::new(r, timeouts))
                 .collect(),
         );
-        let metrics = Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?;
+        let metrics =
+            Arc::new(Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?);
+        let store = Store::open(&config.storage.database, &config.storage.audit_database)
+            .map_err(|e| e.to_string())?;
+        let sessions = SessionTable::new(config.auth.idle_timeout.as_secs() as i64);
+        let now = clock.now();
+        let stored = store.all_sessions().map_err(|e| e.to_string())?;
+        for s in &stored {
+            sessions.insert(s);
+        }
+        sessions.purge(now);
+        metrics.sessions.set(sessions.len() as i64);
+        let hash_metrics = metrics.clone();
+        let hasher = Hasher::new(
+            &config.passwords,
+            Box::new(move |secs| hash_metrics.hash_seconds.observe(secs)),
+        )?;
+        let mailer = Mailer::new(&config.email, &config.data_dir)?;
         Ok(AppState {
             config,
+            store: Arc::new(store),
             tokens,
+            sessions,
+            hasher,
+            mailer,
             routes,
             metrics,
             clock,
+            mail_wakeup: tokio::sync::Notify::new(),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The caller of a request with these headers at `now`, with a live session.
+    pub fn authenticate(&self, headers: &http::HeaderMap, now: i64) -> Result<Identity, Error> {
+        crate::proxy::gate::authenticate(&self.tokens, &self.sessions, headers, now)
+    }
+
+    /// End a user's sessions (all but `keep`), in the store and in memory.
+    pub async fn revoke_sessions(&self, user_id: &str, keep: Option<&str>) -> Result<(), Error> {
+        let store = self.store.clone();
+        let (uid, keep_owned) = (user_id.to_string(), keep.map(str::to_string));
+        let ended = tokio::task::spawn_blocking(move || {
+            store.revoke_sessions_of(&uid, keep_owned.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??;
+        self.sessions.remove(&ended);
+        Ok(())
+    }
+
+    /// Tell the mail sender that new mail is queued.
+    pub fn wake_mailer(&self) {
+        self.mail_wakeup.notify_one();
+    }
+
+    /// Write behind session activity and forget dead sessions.
+    pub async fn flush_sessions(&self) {
+        let dirty = self.sessions.take_dirty();
+        let now = self.clock.now();
+        let store = self.store.clone();
+        let idle = self.config.auth.idle_timeout.as_secs() as i64;
+        let result = tokio::task::spawn_blocking(move || {
+            store.touch_sessions(&dirty)?;
+            store.purge_dead_sessions(now, idle)
+        })
+        .await;
+        if !matches!(result, Ok(Ok(_))) {
+            tracing::error!("cannot write session activity");
+        }
+        self.metrics.sessions.set(self.sessions.purge(now) as i64);
     }
 
     /// True once shutdown has begun; `/readyz` then answers 503.
@@ -109,7 +185,74 @@ pub fn build_server(state: &Arc<AppState>) -> Server {
 
     server.add_service(proxy);
     server.add_service(ops);
+    server.add_service(background_service(
+        "portcullis sessions",
+        SessionFlusher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "portcullis mailer",
+        MailSender {
+            state: state.clone(),
+        },
+    ));
     server
+}
+
+/// Writes session activity behind every `accounts.session_flush_seconds`, purges dead
+/// sessions and old audit events, and flushes once more at shutdown. A crash loses at most one
+/// interval of activity stamps: those sessions then look idle that much earlier.
+struct SessionFlusher {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for SessionFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let period = self.state.config.accounts.session_flush;
+        let mut last_audit_purge: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.state.flush_sessions().await;
+                    return;
+                }
+                _ = tokio::time::sleep(period) => {}
+            }
+            self.state.flush_sessions().await;
+            if last_audit_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                last_audit_purge = Some(Instant::now());
+                let before =
+                    self.state.clock.now() - self.state.config.audit.retention.as_secs() as i64;
+                let store = self.state.store.clone();
+                match tokio::task::spawn_blocking(move || store.purge_audit_before(before)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "purged old audit events"),
+                    Ok(Ok(_)) => {}
+                    _ => tracing::error!("cannot purge old audit events"),
+                }
+            }
+        }
+    }
+}
+
+/// Delivers queued mail as soon as it is queued, and retries failures when due.
+struct MailSender {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for MailSender {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            while crate::email::deliver_due(&self.state).await > 0 {}
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.state.mail_wakeup.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
 }
 
 /// Marks the state as draining as soon as a shutdown is requested, then hands the request on.

@@ -26,6 +26,22 @@ pub enum Error {
     BadRequest(&'static str),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The body is not the JSON the endpoint expects; the message (serde's) is public.
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    /// A value breaks a rule (password policy, field format); the message is public.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A unique field is taken: "email" or "nickname".
+    #[error("duplicate {0}")]
+    Duplicate(&'static str),
+    /// Login with an unknown email or a wrong password: the two are indistinguishable.
+    #[error("bad credentials")]
+    BadCredentials,
+    #[error("account locked")]
+    AccountLocked,
+    #[error("email not verified")]
+    EmailNotVerified,
     #[error("upstream unavailable")]
     UpstreamUnavailable,
     #[error("upstream timed out")]
@@ -46,6 +62,10 @@ impl Error {
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Invalid(_) | Error::Duplicate(_) => StatusCode::BAD_REQUEST,
+            Error::BadCredentials => StatusCode::UNAUTHORIZED,
+            Error::AccountLocked | Error::EmailNotVerified => StatusCode::FORBIDDEN,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -54,8 +74,21 @@ impl Error {
     }
 
     /// The message clients see in `{"detail": …}`.
-    pub fn public_message(&self) -> &'static str {
+    pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
         match self {
+            Error::Unprocessable(msg) | Error::Invalid(msg) => msg.clone().into(),
+            other => other.fixed_message().into(),
+        }
+    }
+
+    fn fixed_message(&self) -> &'static str {
+        match self {
+            Error::Unprocessable(_) | Error::Invalid(_) => "Invalid request",
+            Error::Duplicate("email") => "Email already registered",
+            Error::Duplicate(_) => "Nickname already taken",
+            Error::BadCredentials => "Incorrect email or password",
+            Error::AccountLocked => "Account locked",
+            Error::EmailNotVerified => "Email not verified",
             Error::MissingToken => "Not authenticated",
             Error::InvalidToken(_) => "Could not validate credentials",
             Error::Forbidden => "Not enough permissions",
@@ -73,7 +106,7 @@ impl Error {
     /// The `WWW-Authenticate` challenge this error carries, if any (RFC 6750 §3).
     pub fn challenge(&self) -> Option<&'static str> {
         match self {
-            Error::MissingToken => Some("Bearer realm=\"portcullis\""),
+            Error::MissingToken | Error::BadCredentials => Some("Bearer realm=\"portcullis\""),
             Error::InvalidToken(_) => Some(
                 "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"The access token is invalid or expired\"",
             ),
@@ -92,6 +125,12 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::BadRequest(_) => "bad_request",
             Error::PayloadTooLarge => "payload_too_large",
+            Error::Unprocessable(_) => "unprocessable",
+            Error::Invalid(_) => "invalid",
+            Error::Duplicate(_) => "duplicate",
+            Error::BadCredentials => "bad_credentials",
+            Error::AccountLocked => "account_locked",
+            Error::EmailNotVerified => "email_not_verified",
             Error::UpstreamUnavailable => "upstream_unavailable",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::Unavailable => "unavailable",
@@ -104,6 +143,16 @@ impl Error {
         serde_json::json!({ "detail": self.public_message() })
             .to_string()
             .into_bytes()
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Error {
+        match e {
+            crate::store::StoreError::Duplicate(field) => Error::Duplicate(field),
+            crate::store::StoreError::NotFound => Error::NotFound,
+            other => Error::Internal(other.to_string()),
+        }
     }
 }
 

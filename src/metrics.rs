@@ -1,7 +1,8 @@
 //! Metric definitions, all on one registry that the admin listener serves.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +16,18 @@ pub struct Metrics {
     /// Upstream failures by route and kind (`unavailable`, `timeout`).
     pub upstream_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Login attempts by outcome (`success`, `bad_credentials`, `account_locked`, …).
+    pub logins: IntCounterVec,
+    /// Registrations by outcome (`created`, `rejected`, `admin_created`).
+    pub registrations: IntCounterVec,
+    /// Sessions currently in the live-session table.
+    pub sessions: IntGauge,
+    /// Time of one argon2id hash or verification, seconds.
+    pub hash_seconds: Histogram,
+    /// Email deliveries by outcome (`sent`, `retried`, `dropped`).
+    pub mail: IntCounterVec,
+    /// Audit events that could not be written.
+    pub audit_failures: IntCounter,
 }
 
 impl Metrics {
@@ -66,7 +79,45 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(gate.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        let logins = IntCounterVec::new(
+            Opts::new("portcullis_logins_total", "Login attempts, by outcome"),
+            &["outcome"],
+        )?;
+        let registrations = IntCounterVec::new(
+            Opts::new(
+                "portcullis_registrations_total",
+                "Account creations, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let sessions = IntGauge::new(
+            "portcullis_sessions_active",
+            "Sessions in the live-session table",
+        )?;
+        let hash_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_password_hash_seconds",
+                "Duration of one argon2id hash or verification",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
+            ]),
+        )?;
+        let mail = IntCounterVec::new(
+            Opts::new("portcullis_mail_total", "Email deliveries, by outcome"),
+            &["outcome"],
+        )?;
+        let audit_failures = IntCounter::new(
+            "portcullis_audit_write_failures_total",
+            "Audit events that could not be written",
+        )?;
         registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(logins.clone()))?;
+        registry.register(Box::new(registrations.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(hash_seconds.clone()))?;
+        registry.register(Box::new(mail.clone()))?;
+        registry.register(Box::new(audit_failures.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -74,6 +125,12 @@ impl Metrics {
             gate,
             upstream_errors,
             build_info,
+            logins,
+            registrations,
+            sessions,
+            hash_seconds,
+            mail,
+            audit_failures,
         })
     }
 

@@ -25,6 +25,14 @@ fn sign(alg: Algorithm, key: &[u8], typ: Option<&str>, claims: &Value) -> String
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key)).unwrap()
 }
 
+/// The routes of `TestServer::with_routes`, and the live session the forged tokens name.
+fn setup() -> (EchoUpstream, TestServer) {
+    let upstream = EchoUpstream::start();
+    let server = TestServer::with_routes(&upstream);
+    server.open_session("user-1", "s1");
+    (upstream, server)
+}
+
 fn good_token(claims: &Value) -> String {
     sign(
         Algorithm::HS256,
@@ -80,8 +88,7 @@ fn assert_invalid(server: &TestServer, upstream: &EchoUpstream, token: &str, cas
 
 #[test]
 fn valid_token_passes_with_identity_headers() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let resp = client()
         .get(server.url("/api/things?x=1"))
         .bearer_auth(server.token("user"))
@@ -100,8 +107,7 @@ fn valid_token_passes_with_identity_headers() {
 
 #[test]
 fn missing_token_gets_bare_challenge_and_no_upstream_request() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     for auth in [None, Some("Basic dXNlcjpwYXNz"), Some("Token abc")] {
         let (status, challenge, body) = call(&server, auth);
         assert_eq!(status, 401, "{auth:?}");
@@ -117,8 +123,7 @@ fn missing_token_gets_bare_challenge_and_no_upstream_request() {
 
 #[test]
 fn token_in_query_string_is_ignored() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let token = server.token("user");
     for q in ["access_token", "token", "jwt"] {
         let resp = client()
@@ -132,8 +137,7 @@ fn token_in_query_string_is_ignored() {
 
 #[test]
 fn alg_none_in_any_casing_is_refused() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let claims = good_claims();
     for alg in ["none", "None", "NONE", "nOnE"] {
         let header = json!({"alg": alg, "typ": "at+jwt"});
@@ -146,8 +150,7 @@ fn alg_none_in_any_casing_is_refused() {
 
 #[test]
 fn other_algorithms_and_keys_are_refused() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let claims = good_claims();
     let key = TEST_KEY.as_bytes();
     assert_invalid(
@@ -177,8 +180,7 @@ fn other_algorithms_and_keys_are_refused() {
 
 #[test]
 fn tampered_or_truncated_tokens_are_refused() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let token = good_token(&good_claims());
     let parts: Vec<&str> = token.split('.').collect();
     let mut escalated = good_claims();
@@ -203,8 +205,7 @@ fn tampered_or_truncated_tokens_are_refused() {
 
 #[test]
 fn time_claims_are_enforced() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let now = unix_now();
     let mut c = good_claims();
     c["exp"] = json!(now - 60);
@@ -228,8 +229,7 @@ fn time_claims_are_enforced() {
 
 #[test]
 fn leeway_is_small_and_bounded() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let now = unix_now();
     // Expired 2 s ago: inside the default 5 s leeway.
     let mut c = good_claims();
@@ -243,8 +243,7 @@ fn leeway_is_small_and_bounded() {
 
 #[test]
 fn issuer_audience_and_type_must_match() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let mut c = good_claims();
     c["iss"] = json!("someone-else");
     assert_invalid(&server, &upstream, &good_token(&c), "wrong iss");
@@ -281,8 +280,7 @@ fn issuer_audience_and_type_must_match() {
 
 #[test]
 fn role_rules_give_403_with_insufficient_scope() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let resp = client()
         .get(server.url("/admin/panel"))
         .bearer_auth(server.token("user"))
@@ -309,8 +307,7 @@ fn role_rules_give_403_with_insufficient_scope() {
 
 #[test]
 fn duplicate_authorization_headers_are_refused() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let token = server.token("user");
     let resp = common::raw_get(
         server.addr(),
@@ -323,8 +320,7 @@ fn duplicate_authorization_headers_are_refused() {
 
 #[test]
 fn public_routes_need_no_token() {
-    let upstream = EchoUpstream::start();
-    let server = TestServer::with_routes(&upstream);
+    let (upstream, server) = setup();
     let resp = client().get(server.url("/public/page")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(upstream.last().header("x-auth-user-id"), None);

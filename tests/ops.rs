@@ -109,22 +109,33 @@ fn wait_listening(port: u16) {
     }
 }
 
-fn token() -> String {
-    use portcullis::auth::tokens::{Subject, TokenService};
-    use portcullis::config::{Config, RawConfig};
-    let config = Config::from_raw(&RawConfig::default()).unwrap();
-    TokenService::new(&config.auth, TEST_KEY.as_bytes())
-        .issue(
-            &Subject {
-                user_id: "user-7",
-                email: "u7@example.com",
-                nickname: "u7",
-                role: "user",
-                session_id: "s7",
-            },
-            common::unix_now(),
-        )
+/// Register and log in through the running binary's API: (access token, user id).
+fn login(listen: u16) -> (String, String) {
+    let base = format!("http://127.0.0.1:{listen}/auth");
+    let resp = client()
+        .post(format!("{base}/register"))
+        .json(&serde_json::json!({
+            "email": "u7@example.com", "nickname": "u7", "password": "Tr1cky-Horse!",
+            "passphrase": "correct horse battery staple"
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
         .unwrap()
+        .to_string();
+    let resp = client()
+        .post(format!("{base}/login"))
+        .json(&serde_json::json!({"email": "u7@example.com", "password": "Tr1cky-Horse!"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let token = resp.json::<serde_json::Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (token, id)
 }
 
 #[test]
@@ -135,7 +146,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
     wait_listening(listen);
     let url = format!("http://127.0.0.1:{listen}/api/slow?delay_ms=1500");
-    let token = token();
+    let (token, _) = login(listen);
     let in_flight = std::thread::spawn(move || {
         client()
             .get(url)
@@ -177,7 +188,7 @@ fn access_log_is_one_json_line_per_request_without_secrets() {
     let (listen, admin) = (free_port(), free_port());
     let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
     wait_listening(listen);
-    let token = token();
+    let (token, user_id) = login(listen);
     let resp = client()
         .get(format!(
             "http://127.0.0.1:{listen}/api/items?access_token=leak-me"
@@ -205,13 +216,15 @@ fn access_log_is_one_json_line_per_request_without_secrets() {
     assert_eq!(line["path"], "/api/items");
     assert_eq!(line["route"], "/api");
     assert_eq!(line["status"], 200);
-    assert_eq!(line["user_id"], "user-7");
+    assert_eq!(line["user_id"], user_id.as_str());
     assert!(line["latency_ms"].as_f64().is_some());
     assert!(line["timestamp"].as_str().is_some());
     let all = lines.join("\n");
     assert!(!all.contains(&token), "token in the log");
     assert!(!all.contains("leak-me"), "query string in the log");
     assert!(!all.contains(TEST_KEY), "secret key in the log");
+    assert!(!all.contains("Tr1cky-Horse!"), "password in the log");
+    assert!(!all.contains("correct horse"), "passphrase in the log");
 }
 
 #[test]

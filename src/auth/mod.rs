@@ -1,4 +1,7 @@
-//! Authentication building blocks independent of HTTP: signing keys and access tokens.
+//! Authentication building blocks independent of HTTP: signing keys, access tokens, passwords
+//! and the live-session table.
 
 pub mod keys;
+pub mod password;
+pub mod sessions;
 pub mod tokens;

@@ -26,6 +26,10 @@ const LEGACY_NAMES: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
     ("DATABASE_URL", "storage.database"),
     ("LOG_DATABASE_URL", "storage.audit_database"),
+    (
+        "REQUIRE_EMAIL_VERIFICATION",
+        "accounts.require_email_verification",
+    ),
     ("RATE_LIMITS_PUBLIC_ROUTES", "rate_limits.public_routes"),
     ("RATE_LIMITS_PRIVATE_ROUTES", "rate_limits.private_routes"),
     (

@@ -64,7 +64,88 @@ pub struct Config {
     pub storage: StorageSettings,
     pub rate_limits: RateLimitSettings,
     pub log: LogSettings,
+    pub passwords: PasswordSettings,
+    pub accounts: AccountSettings,
+    pub email: EmailSettings,
+    pub audit: AuditSettings,
     pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordSettings {
+    pub min_length: usize,
+    pub max_length: usize,
+    /// The original's rule: upper, lower, digit and special character.
+    pub require_mixed: bool,
+    /// Refuse the 10,000 most common passwords.
+    pub block_common: bool,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    pub require_email_verification: bool,
+    pub verification_ttl: Duration,
+    pub max_page_size: usize,
+    /// How often session activity is written behind to the database.
+    pub session_flush: Duration,
+    /// The original's behaviour: the first user who registers becomes an admin.
+    pub first_user_admin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (required).
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or in tests.
+    Plain,
+}
+
+#[derive(Clone)]
+pub enum EmailTransport {
+    /// Write each message as an .eml file into `data_dir/outbox`.
+    Outbox,
+    Smtp {
+        host: String,
+        port: u16,
+        security: SmtpSecurity,
+        username: String,
+        password: String,
+    },
+}
+
+impl fmt::Debug for EmailTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EmailTransport::Outbox => write!(f, "Outbox"),
+            EmailTransport::Smtp {
+                host,
+                port,
+                security,
+                username,
+                ..
+            } => {
+                write!(f, "Smtp({username}@{host}:{port}, {security:?}, ********)")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    pub transport: EmailTransport,
+    pub from: String,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +189,8 @@ impl fmt::Debug for ServiceToken {
 pub struct ApiSettings {
     /// `""` (root) or `/segment…` without a trailing slash.
     pub prefix: String,
+    /// Largest accepted request body; larger ones get 413 before being read whole.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -572,6 +655,127 @@ impl Config {
             }
         };
 
+        let pw = &raw.passwords;
+        let min_length = c.range("passwords.min_length", pw.min_length, 8, 128) as usize;
+        let max_length = c.range("passwords.max_length", pw.max_length, 8, 1024) as usize;
+        if max_length < min_length {
+            c.fail(
+                "passwords.max_length",
+                "must not be below passwords.min_length",
+            );
+        }
+        let passwords = PasswordSettings {
+            min_length,
+            max_length,
+            require_mixed: pw.require_mixed,
+            block_common: pw.block_common,
+            argon2_memory_kib: c.range(
+                "passwords.argon2_memory_kib",
+                pw.argon2_memory_kib,
+                64,
+                4_194_304,
+            ) as u32,
+            argon2_iterations: c.range("passwords.argon2_iterations", pw.argon2_iterations, 1, 100)
+                as u32,
+            argon2_parallelism: c.range(
+                "passwords.argon2_parallelism",
+                pw.argon2_parallelism,
+                1,
+                64,
+            ) as u32,
+            max_concurrent_hashes: match c.range(
+                "passwords.max_concurrent_hashes",
+                pw.max_concurrent_hashes,
+                0,
+                1024,
+            ) {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
+        };
+        let ac = &raw.accounts;
+        let accounts = AccountSettings {
+            require_email_verification: ac.require_email_verification,
+            verification_ttl: Duration::from_secs(
+                3600 * c.range(
+                    "accounts.verification_link_hours",
+                    ac.verification_link_hours,
+                    1,
+                    24,
+                ),
+            ),
+            max_page_size: c.range("accounts.max_page_size", ac.max_page_size, 1, 1000) as usize,
+            session_flush: Duration::from_secs(c.range(
+                "accounts.session_flush_seconds",
+                ac.session_flush_seconds,
+                1,
+                300,
+            )),
+            first_user_admin: raw.bootstrap.first_user_admin,
+        };
+        let em = &raw.email;
+        let transport = match em.transport.as_str() {
+            "outbox" => EmailTransport::Outbox,
+            "smtp" => {
+                let security = match em.smtp_security.as_str() {
+                    "starttls" => SmtpSecurity::StartTls,
+                    "tls" => SmtpSecurity::Tls,
+                    "plain" => SmtpSecurity::Plain,
+                    other => {
+                        c.fail(
+                            "email.smtp_security",
+                            format!("expected \"starttls\", \"tls\" or \"plain\", found {other:?}"),
+                        );
+                        SmtpSecurity::StartTls
+                    }
+                };
+                if em.smtp_host.trim().is_empty() || em.smtp_host.contains(['/', ' ', ':']) {
+                    c.fail("email.smtp_host", "must be a host name or IP address");
+                }
+                if em.smtp_username.is_empty() != em.smtp_password.is_empty() {
+                    c.fail(
+                        "email.smtp_username",
+                        "set both email.smtp_username and email.smtp_password, or neither",
+                    );
+                }
+                EmailTransport::Smtp {
+                    host: em.smtp_host.clone(),
+                    port: c.range("email.smtp_port", em.smtp_port, 1, 65535) as u16,
+                    security,
+                    username: em.smtp_username.clone(),
+                    password: em.smtp_password.clone(),
+                }
+            }
+            other => {
+                c.fail(
+                    "email.transport",
+                    format!("expected \"outbox\" or \"smtp\", found {other:?}"),
+                );
+                EmailTransport::Outbox
+            }
+        };
+        if em.from.parse::<lettre::message::Mailbox>().is_err() {
+            c.fail(
+                "email.from",
+                format!(
+                    "expected an address such as \"portcullis <no-reply@example.com>\", found {:?}",
+                    em.from
+                ),
+            );
+        }
+        let email = EmailSettings {
+            transport,
+            from: em.from.clone(),
+            max_attempts: c.range("email.max_attempts", em.max_attempts, 1, 100) as u32,
+        };
+        let audit = AuditSettings {
+            retention: Duration::from_secs(
+                86_400 * c.range("audit.retention_days", raw.audit.retention_days, 1, 36_500),
+            ),
+        };
+        let max_body_bytes =
+            c.range("api.max_body_bytes", raw.api.max_body_bytes, 1024, 1 << 20) as usize;
+
         let mut routes: Vec<RouteSpec> = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
@@ -661,7 +865,10 @@ impl Config {
                 leeway,
                 service_tokens,
             },
-            api: ApiSettings { prefix },
+            api: ApiSettings {
+                prefix,
+                max_body_bytes,
+            },
             proxy: ProxySettings {
                 connect_timeout,
                 read_timeout,
@@ -675,6 +882,10 @@ impl Config {
             },
             rate_limits: RateLimitSettings { public, private },
             log: LogSettings { level, format },
+            passwords,
+            accounts,
+            email,
+            audit,
             routes,
         })
     }
@@ -697,6 +908,9 @@ impl RawConfig {
                 "(unset: generated once and kept in data_dir/secret.key)".into();
         } else {
             masked.auth.secret_key = "********".into();
+        }
+        if !masked.email.smtp_password.is_empty() {
+            masked.email.smtp_password = "********".into();
         }
         for t in &mut masked.auth.service_tokens {
             t.token = "********".into();

@@ -15,7 +15,59 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub rate_limits: RawRateLimits,
     pub log: RawLog,
+    pub passwords: RawPasswords,
+    pub accounts: RawAccounts,
+    pub bootstrap: RawBootstrap,
+    pub email: RawEmail,
+    pub audit: RawAudit,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPasswords {
+    pub min_length: i64,
+    pub max_length: i64,
+    pub require_mixed: bool,
+    pub block_common: bool,
+    pub argon2_memory_kib: i64,
+    pub argon2_iterations: i64,
+    pub argon2_parallelism: i64,
+    pub max_concurrent_hashes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccounts {
+    pub require_email_verification: bool,
+    pub verification_link_hours: i64,
+    pub max_page_size: i64,
+    pub session_flush_seconds: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBootstrap {
+    pub first_user_admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEmail {
+    pub transport: String,
+    pub from: String,
+    pub smtp_host: String,
+    pub smtp_port: i64,
+    pub smtp_security: String,
+    pub smtp_username: String,
+    pub smtp_password: String,
+    pub max_attempts: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    pub retention_days: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,6 +106,7 @@ pub struct RawServiceToken {
 #[serde(deny_unknown_fields, default)]
 pub struct RawApi {
     pub prefix: String,
+    pub max_body_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -136,6 +189,11 @@ impl Default for RawConfig {
             storage: RawStorage::default(),
             rate_limits: RawRateLimits::default(),
             log: RawLog::default(),
+            passwords: RawPasswords::default(),
+            accounts: RawAccounts::default(),
+            bootstrap: RawBootstrap::default(),
+            email: RawEmail::default(),
+            audit: RawAudit::default(),
             routes: Vec::new(),
         }
     }
@@ -174,6 +232,7 @@ impl Default for RawApi {
     fn default() -> Self {
         RawApi {
             prefix: "/auth".into(),
+            max_body_bytes: 16 * 1024,
         }
     }
 }
@@ -210,6 +269,55 @@ impl Default for RawLog {
         RawLog {
             level: "info".into(),
             format: "json".into(),
+        }
+    }
+}
+
+impl Default for RawPasswords {
+    fn default() -> Self {
+        RawPasswords {
+            min_length: 8,
+            max_length: 128,
+            require_mixed: true,
+            block_common: true,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+        }
+    }
+}
+
+impl Default for RawAccounts {
+    fn default() -> Self {
+        RawAccounts {
+            require_email_verification: false,
+            verification_link_hours: 24,
+            max_page_size: 100,
+            session_flush_seconds: 5,
+        }
+    }
+}
+
+impl Default for RawEmail {
+    fn default() -> Self {
+        RawEmail {
+            transport: "outbox".into(),
+            from: "portcullis <no-reply@localhost>".into(),
+            smtp_host: "localhost".into(),
+            smtp_port: 587,
+            smtp_security: "starttls".into(),
+            smtp_username: String::new(),
+            smtp_password: String::new(),
+            max_attempts: 8,
+        }
+    }
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            retention_days: 365,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and the route's rules. Pure and allocation-light: it runs on every proxied request.
 
 use super::route::Route;
+use crate::auth::sessions::SessionTable;
 use crate::auth::tokens::{Identity, TokenService};
 use crate::config::RouteAuth;
 use crate::error::Error;
@@ -33,10 +34,27 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
     Ok(Some(token))
 }
 
+/// Who the caller is at time `now`: a valid bearer token whose session is live (not logged out,
+/// revoked, idle or expired). Counts as activity of that session.
+pub fn authenticate(
+    tokens: &TokenService,
+    sessions: &SessionTable,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Identity, Error> {
+    let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
+    let identity = tokens.validate(token, now)?;
+    sessions
+        .check_and_touch(&identity.session_id, &identity.user_id, now)
+        .map_err(|dead| Error::InvalidToken(dead.reason()))?;
+    Ok(identity)
+}
+
 /// Decide a request to `route` at time `now`: `Ok(Some(identity))` on an authenticated route,
 /// `Ok(None)` on a public one, or the error to answer with.
 pub fn authorize(
     tokens: &TokenService,
+    sessions: &SessionTable,
     route: &Route,
     headers: &HeaderMap,
     now: i64,
@@ -44,8 +62,7 @@ pub fn authorize(
     if route.auth == RouteAuth::Public {
         return Ok(None);
     }
-    let token = bearer_token(headers)?.ok_or(Error::MissingToken)?;
-    let identity = tokens.validate(token, now)?;
+    let identity = authenticate(tokens, sessions, headers, now)?;
     if !route.allows_role(&identity.role) {
         return Err(Error::Forbidden);
     }

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     identity: Option<Identity>,
     /// Why the request was refused or failed, for the log.
     outcome: Option<&'static str>,
+    /// The request body was read whole (so the connection can be kept alive).
+    body_read: bool,
 }
 
 /// Does the request carry a body that we have not read?
@@ -58,6 +60,47 @@ fn has_body(req: &RequestHeader) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     cl.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Read an API request body of at most `limit` bytes. A declared or actual size over the
+/// limit is refused with 413 before the rest is read (the connection is then closed).
+async fn read_api_body(session: &mut Session, limit: usize) -> Result<bytes::Bytes, Error> {
+    let req = session.req_header();
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::PayloadTooLarge);
+    }
+    if !has_body(req) {
+        return Ok(bytes::Bytes::new());
+    }
+    let expects_continue = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| Error::BadRequest("Cannot read request body"))?;
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Error::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(Error::BadRequest("Cannot read request body")),
+        }
+    }
+    Ok(body.freeze())
 }
 
 impl Gateway {
@@ -82,26 +125,31 @@ impl Gateway {
             Destination::NotFound => Err(Error::NotFound),
             Destination::Api(rel) => {
                 ctx.served = Served::Api;
+                let rel = rel.to_string();
+                let (method, headers) = (req.method.clone(), req.headers.clone());
+                let query = target.query.clone();
+                let body = read_api_body(session, state.config.api.max_body_bytes).await?;
+                ctx.body_read = true;
                 let api_req = ApiRequest {
-                    method: req.method.clone(),
-                    path: rel.to_string(),
-                    query: target.query.clone(),
-                    headers: req.headers.clone(),
-                    body: bytes::Bytes::new(),
+                    method,
+                    path: rel,
+                    query,
+                    headers,
+                    body,
                     client_ip: ctx.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                     request_id: ctx.request_id.clone(),
                     now,
                 };
-                let close = has_body(req);
                 let path = api_req.path.clone();
-                match api::handle(api_req).await {
+                match api::handle(state, api_req).await {
                     Ok(resp) => {
                         let mut extra = Vec::new();
                         if resp.no_store {
                             extra.push(("cache-control", "no-store".to_string()));
+                            extra.push(("pragma", "no-cache".to_string()));
                         }
                         let body = resp.body.to_string().into_bytes();
-                        respond::json(session, resp.status, body, &extra, &ctx.request_id, close)
+                        respond::json(session, resp.status, body, &extra, &ctx.request_id, false)
                             .await
                             .map_err(|e| Error::Internal(format!("writing API response: {e}")))?;
                         Ok(true)
@@ -121,7 +169,7 @@ impl Gateway {
                             err.body(),
                             &[("allow", allow)],
                             &ctx.request_id,
-                            close,
+                            false,
                         )
                         .await
                         .map_err(|e| Error::Internal(format!("writing API response: {e}")))?;
@@ -133,7 +181,7 @@ impl Gateway {
             Destination::Route(index) => {
                 ctx.served = Served::Route(index);
                 let route = state.routes.route(index);
-                match gate::authorize(&state.tokens, route, &req.headers, now) {
+                match gate::authorize(&state.tokens, &state.sessions, route, &req.headers, now) {
                     Ok(identity) => {
                         if route.auth == crate::config::RouteAuth::Required {
                             state
@@ -182,6 +230,7 @@ impl ProxyHttp for Gateway {
             served: Served::Unrouted,
             identity: None,
             outcome: None,
+            body_read: false,
         }
     }
 
@@ -210,7 +259,7 @@ impl ProxyHttp for Gateway {
                     tracing::error!(request_id = %ctx.request_id, error = %detail, "internal error");
                 }
                 ctx.outcome = Some(err.reason());
-                let close = has_body(session.req_header());
+                let close = has_body(session.req_header()) && !ctx.body_read;
                 respond::error(session, &err, &ctx.request_id, close).await?;
                 Ok(true)
             }

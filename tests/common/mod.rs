@@ -112,8 +112,11 @@ impl TestServer {
         self.token_for("user-1", "alice@example.com", "alice", role)
     }
 
+    /// A token with a live session (no user record behind it: enough for the proxy gate).
     pub fn token_for(&self, id: &str, email: &str, nickname: &str, role: &str) -> String {
         use portcullis::clock::Clock;
+        let sid = uuid::Uuid::new_v4().simple().to_string();
+        self.open_session(id, &sid);
         self.server
             .state
             .tokens
@@ -123,11 +126,63 @@ impl TestServer {
                     email,
                     nickname,
                     role,
-                    session_id: "session-1",
+                    session_id: &sid,
                 },
                 self.clock.now(),
             )
             .expect("issue token")
+    }
+
+    /// Put a live session `sid` of `user_id` into the server, as a login would.
+    pub fn open_session(&self, user_id: &str, sid: &str) {
+        use portcullis::clock::Clock;
+        let now = self.clock.now();
+        let session = portcullis::store::models::Session {
+            id: sid.to_string(),
+            user_id: user_id.to_string(),
+            created_at: now,
+            expires_at: now + 3600,
+            last_seen: now,
+        };
+        self.server
+            .state
+            .store
+            .open_session(&session)
+            .expect("open session");
+        self.server.state.sessions.insert(&session);
+    }
+
+    /// Register an account through the API; returns its id.
+    pub fn register(&self, email: &str, nickname: &str, password: &str) -> String {
+        let resp = client()
+            .post(self.url(&format!("{}/register", self.prefix())))
+            .json(&serde_json::json!({
+                "email": email, "nickname": nickname, "password": password,
+                "passphrase": "correct horse battery staple"
+            }))
+            .send()
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().unwrap();
+        assert_eq!(status, 201, "register {email}: {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Log in through the API; returns the access token.
+    pub fn login(&self, email: &str, password: &str) -> String {
+        let resp = client()
+            .post(self.url(&format!("{}/login", self.prefix())))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().unwrap();
+        assert_eq!(status, 200, "login {email}: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub fn prefix(&self) -> String {
+        self.server.state.config.api.prefix.clone()
     }
 }
 

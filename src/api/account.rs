@@ -1,0 +1,201 @@
+//! Self-service: reading, changing and deleting one's own account. Changing the email,
+//! password or passphrase needs the current password; role, lock, id and verification state
+//! cannot be changed here whatever the body says.
+
+use super::register::verification_mail;
+use super::{
+    audit, authenticated, blocking, event, fields, parse_json, user_view, ApiRequest, ApiResponse,
+};
+use crate::app::AppState;
+use crate::auth::password::{check_policy, normalize_password};
+use crate::email::compose;
+use crate::error::Error;
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub async fn show(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    let (_, user) = authenticated(state, req).await?;
+    Ok(ApiResponse::ok(user_view(state, &user, req.now)))
+}
+
+/// Fields a user may change; anything else in the body is ignored.
+#[derive(Deserialize)]
+struct UpdateBody {
+    nickname: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    customer_account: Option<String>,
+    passphrase: Option<String>,
+    current_password: Option<String>,
+}
+
+pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    let (identity, user) = authenticated(state, req).await?;
+    let body: UpdateBody = parse_json(&req.body)?;
+    let nickname = body.nickname.as_deref().map(fields::nickname).transpose()?;
+    let email = body.email.as_deref().map(fields::email).transpose()?;
+    let customer_account = body
+        .customer_account
+        .as_deref()
+        .map(fields::customer_account)
+        .transpose()?;
+    let passphrase = body
+        .passphrase
+        .as_deref()
+        .map(fields::passphrase)
+        .transpose()?;
+    let policy = &state.config.passwords;
+    let password = match body.password.as_deref() {
+        Some(p) => {
+            fields::password_size(p, policy.max_length)?;
+            let p = normalize_password(p);
+            let email_ctx = email.clone().unwrap_or_else(|| user.email.clone());
+            let nick_ctx = nickname.clone().unwrap_or_else(|| user.nickname.clone());
+            check_policy(policy, &p, &[&email_ctx, &nick_ctx]).map_err(Error::Invalid)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let email_changes = email
+        .as_ref()
+        .is_some_and(|e| !e.eq_ignore_ascii_case(&user.email));
+    if email_changes || password.is_some() || passphrase.is_some() {
+        let current = body.current_password.as_deref().ok_or_else(|| {
+            Error::Invalid(
+                "current_password is required to change the email, password or passphrase".into(),
+            )
+        })?;
+        fields::password_size(current, policy.max_length)
+            .map_err(|_| Error::Invalid("Current password is incorrect".into()))?;
+        let ok = state
+            .hasher
+            .verify(
+                normalize_password(current),
+                Some(user.password_hash.clone()),
+            )
+            .await?
+            .ok;
+        if !ok {
+            let mut ev = event(req, "account_update", "failure", Some(&user.id));
+            ev.detail = Some("wrong_current_password".into());
+            audit(state, vec![ev]).await;
+            return Err(Error::Invalid("Current password is incorrect".into()));
+        }
+    }
+    let password_hash = match password {
+        Some(p) => Some(state.hasher.hash(p).await?),
+        None => None,
+    };
+    let passphrase_hash = match passphrase {
+        Some(p) => Some(state.hasher.hash(p).await?),
+        None => None,
+    };
+    let now = req.now;
+    let mut mails = Vec::new();
+    let mut changed = Vec::new();
+    if password_hash.is_some() {
+        changed.push("password");
+        mails.push(compose(
+            &user.email,
+            "Your password was changed",
+            &format!("Hello {},\n\nthe password of your account was changed and your other sessions were signed out.\nIf this was not you, recover your account at once.\n", user.nickname),
+            now,
+        ));
+    }
+    if passphrase_hash.is_some() {
+        changed.push("passphrase");
+    }
+    let mut verification = None;
+    if email_changes {
+        changed.push("email");
+        mails.push(compose(
+            &user.email,
+            "Your email address was changed",
+            &format!("Hello {},\n\nthe email address of your account was changed. If this was not you, contact your administrator.\n", user.nickname),
+            now,
+        ));
+        let mut moved = user.clone();
+        moved.email = email.clone().unwrap_or_default();
+        let (mail, hash, v) = verification_mail(state, &moved, now);
+        mails.push(mail);
+        verification = Some((hash, v));
+    }
+    if nickname.is_some() {
+        changed.push("nickname");
+    }
+    if customer_account.is_some() {
+        changed.push("customer_account");
+    }
+    let id = user.id.clone();
+    blocking(state, move |s| {
+        s.update_user::<Error>(&id, &mails, |u| {
+            if let Some(n) = nickname {
+                u.nickname = n;
+            }
+            if let Some(c) = customer_account {
+                u.customer_account = c;
+            }
+            if email_changes {
+                u.email = email.unwrap_or_default();
+                u.email_verified = false;
+            }
+            if let Some(h) = password_hash {
+                u.password_hash = h;
+            }
+            if let Some(h) = passphrase_hash {
+                u.passphrase_hash = h;
+            }
+            u.updated_at = now;
+            Ok(())
+        })?;
+        if let Some((hash, v)) = verification {
+            s.put_verification(&hash, &v, &[])?;
+        }
+        Ok(())
+    })
+    .await?;
+    if changed.contains(&"password") {
+        state
+            .revoke_sessions(&user.id, Some(&identity.session_id))
+            .await?;
+    }
+    state.wake_mailer();
+    let mut ev = event(req, "account_update", "success", Some(&user.id));
+    ev.detail = Some(changed.join(","));
+    audit(state, vec![ev]).await;
+    Ok(ApiResponse::ok(
+        serde_json::json!({ "message": "Account updated successfully" }),
+    ))
+}
+
+pub async fn delete(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    let (_, user) = authenticated(state, req).await?;
+    if user.is_admin() {
+        let id = user.id.clone();
+        let others = blocking(state, move |s| Ok(s.count_active_admins_except(&id)?)).await?;
+        if others == 0 {
+            return Err(Error::Invalid("The last admin cannot delete itself".into()));
+        }
+    }
+    let mail = compose(
+        &user.email,
+        "Your account was deleted",
+        &format!(
+            "Hello {},\n\nyour account and its data were deleted.\n",
+            user.nickname
+        ),
+        req.now,
+    );
+    let id = user.id.clone();
+    let ended = blocking(state, move |s| Ok(s.delete_user(&id, &[mail])?)).await?;
+    state.sessions.remove(&ended);
+    state.wake_mailer();
+    audit(
+        state,
+        vec![event(req, "account_delete", "success", Some(&user.id))],
+    )
+    .await;
+    Ok(ApiResponse::ok(
+        serde_json::json!({ "detail": "Account deleted" }),
+    ))
+}

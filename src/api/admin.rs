@@ -1,0 +1,322 @@
+//! Administration: listing, creating, reading, changing and deleting accounts, and reading the
+//! audit log. Admin role only. An admin cannot delete itself, and the last active admin cannot
+//! be demoted, locked or deleted.
+
+use super::register::new_account;
+use super::{
+    admin_caller, audit, blocking, event, fields, parse_json, query_param, user_view, ApiRequest,
+    ApiResponse,
+};
+use crate::app::AppState;
+use crate::auth::password::{check_policy, normalize_password};
+use crate::error::Error;
+use crate::store::models::{AuditEvent, AuditFilter, User, ROLE_ADMIN, ROLE_USER};
+use http::StatusCode;
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn number(req: &ApiRequest, name: &str, default: u64, max: u64) -> Result<u64, Error> {
+    match query_param(req, name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(Error::Unprocessable(format!(
+                "{name} must be an integer from 0 to {max}"
+            ))),
+        },
+    }
+}
+
+fn admin_event(
+    req: &ApiRequest,
+    kind: &str,
+    outcome: &str,
+    actor: &User,
+    target: Option<&str>,
+) -> AuditEvent {
+    let mut ev = event(req, kind, outcome, target);
+    ev.actor = Some(actor.id.clone());
+    ev
+}
+
+pub async fn list(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    admin_caller(state, req).await?;
+    let max = state.config.accounts.max_page_size as u64;
+    let skip = number(req, "skip", 0, u64::from(u32::MAX))? as usize;
+    let limit = number(req, "limit", max, max)? as usize;
+    let users = blocking(state, move |s| Ok(s.list_users(skip, limit)?)).await?;
+    let views: Vec<_> = users.iter().map(|u| user_view(state, u, req.now)).collect();
+    Ok(ApiResponse::ok(serde_json::Value::Array(views)))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    email: String,
+    nickname: String,
+    password: String,
+    passphrase: String,
+    #[serde(default)]
+    customer_account: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    lock: Option<bool>,
+}
+
+pub async fn create(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    let (_, admin) = admin_caller(state, req).await?;
+    let body: CreateBody = parse_json(&req.body)?;
+    let role = fields::role(body.role.as_deref().unwrap_or(ROLE_USER))?;
+    let account = new_account(
+        state,
+        &body.email,
+        &body.nickname,
+        &body.password,
+        &body.passphrase,
+        body.customer_account.as_deref(),
+    )
+    .await?;
+    let now = req.now;
+    let user = User {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        email: account.email,
+        nickname: account.nickname,
+        password_hash: account.password_hash,
+        passphrase_hash: account.passphrase_hash,
+        customer_account: account.customer_account,
+        role,
+        locked: body.lock.unwrap_or(false),
+        email_verified: true,
+        created_at: now,
+        updated_at: now,
+    };
+    let user = blocking(state, move |s| Ok(s.create_user(user, false, &[], None)?)).await?;
+    state
+        .metrics
+        .registrations
+        .with_label_values(&["admin_created"])
+        .inc();
+    audit(
+        state,
+        vec![admin_event(
+            req,
+            "admin_create",
+            "success",
+            &admin,
+            Some(&user.id),
+        )],
+    )
+    .await;
+    Ok(ApiResponse::with_status(
+        StatusCode::CREATED,
+        user_view(state, &user, now),
+    ))
+}
+
+async fn target(state: &Arc<AppState>, id: &str) -> Result<User, Error> {
+    if id.len() > 64 {
+        return Err(Error::NotFound);
+    }
+    let id = id.to_string();
+    blocking(state, move |s| Ok(s.user_by_id(&id)?))
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+pub async fn show(state: &Arc<AppState>, req: &ApiRequest, id: &str) -> Result<ApiResponse, Error> {
+    admin_caller(state, req).await?;
+    let user = target(state, id).await?;
+    Ok(ApiResponse::ok(user_view(state, &user, req.now)))
+}
+
+#[derive(Deserialize)]
+struct AdminUpdateBody {
+    nickname: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    customer_account: Option<String>,
+    passphrase: Option<String>,
+    role: Option<String>,
+    lock: Option<bool>,
+}
+
+pub async fn update(
+    state: &Arc<AppState>,
+    req: &ApiRequest,
+    id: &str,
+) -> Result<ApiResponse, Error> {
+    let (_, admin) = admin_caller(state, req).await?;
+    let user = target(state, id).await?;
+    let body: AdminUpdateBody = parse_json(&req.body)?;
+    let nickname = body.nickname.as_deref().map(fields::nickname).transpose()?;
+    let email = body.email.as_deref().map(fields::email).transpose()?;
+    let customer_account = body
+        .customer_account
+        .as_deref()
+        .map(fields::customer_account)
+        .transpose()?;
+    let role = body.role.as_deref().map(fields::role).transpose()?;
+    let passphrase = body
+        .passphrase
+        .as_deref()
+        .map(fields::passphrase)
+        .transpose()?;
+    let policy = &state.config.passwords;
+    let password = match body.password.as_deref() {
+        Some(p) => {
+            fields::password_size(p, policy.max_length)?;
+            let p = normalize_password(p);
+            check_policy(
+                policy,
+                &p,
+                &[
+                    email.as_deref().unwrap_or(&user.email),
+                    nickname.as_deref().unwrap_or(&user.nickname),
+                ],
+            )
+            .map_err(Error::Invalid)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let demoting = user.is_admin() && role.as_deref().is_some_and(|r| r != ROLE_ADMIN);
+    let locking = body.lock == Some(true) && !user.locked;
+    if user.is_admin() && (demoting || locking) {
+        let uid = user.id.clone();
+        let others = blocking(state, move |s| Ok(s.count_active_admins_except(&uid)?)).await?;
+        if others == 0 {
+            return Err(Error::Invalid(
+                "The last admin cannot be demoted or locked".into(),
+            ));
+        }
+    }
+    let password_hash = match password {
+        Some(p) => Some(state.hasher.hash(p).await?),
+        None => None,
+    };
+    let passphrase_hash = match passphrase {
+        Some(p) => Some(state.hasher.hash(p).await?),
+        None => None,
+    };
+    let revoke = demoting
+        || locking
+        || password_hash.is_some()
+        || role.as_deref().is_some_and(|r| r != user.role);
+    let now = req.now;
+    let uid = user.id.clone();
+    let lock = body.lock;
+    blocking(state, move |s| {
+        s.update_user::<Error>(&uid, &[], |u| {
+            if let Some(n) = nickname {
+                u.nickname = n;
+            }
+            if let Some(e) = email {
+                if !e.eq_ignore_ascii_case(&u.email) {
+                    u.email = e;
+                }
+            }
+            if let Some(c) = customer_account {
+                u.customer_account = c;
+            }
+            if let Some(r) = role {
+                u.role = r;
+            }
+            if let Some(l) = lock {
+                u.locked = l;
+            }
+            if let Some(h) = password_hash {
+                u.password_hash = h;
+            }
+            if let Some(h) = passphrase_hash {
+                u.passphrase_hash = h;
+            }
+            u.updated_at = now;
+            Ok(())
+        })?;
+        Ok(())
+    })
+    .await?;
+    if revoke {
+        state.revoke_sessions(&user.id, None).await?;
+    }
+    audit(
+        state,
+        vec![admin_event(
+            req,
+            "admin_update",
+            "success",
+            &admin,
+            Some(&user.id),
+        )],
+    )
+    .await;
+    Ok(ApiResponse::ok(
+        serde_json::json!({ "message": "User updated successfully" }),
+    ))
+}
+
+pub async fn delete(
+    state: &Arc<AppState>,
+    req: &ApiRequest,
+    id: &str,
+) -> Result<ApiResponse, Error> {
+    let (_, admin) = admin_caller(state, req).await?;
+    let user = target(state, id).await?;
+    if user.id == admin.id {
+        return Err(Error::Invalid("An admin cannot delete itself".into()));
+    }
+    let uid = user.id.clone();
+    let ended = blocking(state, move |s| Ok(s.delete_user(&uid, &[])?)).await?;
+    state.sessions.remove(&ended);
+    audit(
+        state,
+        vec![admin_event(
+            req,
+            "admin_delete",
+            "success",
+            &admin,
+            Some(&user.id),
+        )],
+    )
+    .await;
+    Ok(ApiResponse::ok(
+        serde_json::json!({ "message": "User deleted successfully" }),
+    ))
+}
+
+/// `GET /audit?user=&kind=&since=&until=&before=&limit=`, newest first.
+pub async fn audit_log(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
+    admin_caller(state, req).await?;
+    let opt_number = |name: &str| -> Result<Option<i64>, Error> {
+        query_param(req, name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| Error::Unprocessable(format!("{name} must be unix seconds")))
+            })
+            .transpose()
+    };
+    let filter = AuditFilter {
+        user_id: query_param(req, "user").filter(|u| !u.is_empty()),
+        kind: query_param(req, "kind").filter(|k| !k.is_empty()),
+        since: opt_number("since")?,
+        until: opt_number("until")?,
+        before_seq: query_param(req, "before")
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::Unprocessable("before must be an event sequence number".into())
+                })
+            })
+            .transpose()?,
+        limit: number(req, "limit", 100, 1000)? as usize,
+    };
+    let limit = filter.limit;
+    let events = blocking(state, move |s| Ok(s.audit_events(&filter)?)).await?;
+    let next = if events.len() == limit {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(ApiResponse::ok(
+        serde_json::json!({ "events": events, "next_before": next }),
+    ))
+}

@@ -1,0 +1,204 @@
+//! Outgoing email: composing messages, and delivering the durable mail queue through SMTP
+//! (lettre) or into a file outbox in the data dir. Messages are queued in the same transaction
+//! as the change they report, so a committed change always gets its mail, and delivery failures
+//! are retried with growing delays without ever blocking a request.
+
+use crate::app::AppState;
+use crate::config::{EmailSettings, EmailTransport, SmtpSecurity};
+use crate::store::models::Mail;
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A message to queue.
+pub fn compose(to: &str, subject: &str, body: &str, now: i64) -> Mail {
+    Mail {
+        to: to.to_string(),
+        subject: subject.to_string(),
+        body: body.to_string(),
+        attempts: 0,
+        next_attempt_at: now,
+    }
+}
+
+enum Transport {
+    Outbox(PathBuf),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+/// Why a delivery failed; permanent failures are not retried.
+#[derive(Debug)]
+pub struct SendError {
+    pub permanent: bool,
+    pub message: String,
+}
+
+pub struct Mailer {
+    transport: Transport,
+    from: Mailbox,
+    max_attempts: u32,
+}
+
+impl Mailer {
+    pub fn new(settings: &EmailSettings, data_dir: &std::path::Path) -> Result<Mailer, String> {
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .map_err(|e| format!("email.from: {e}"))?;
+        let transport = match &settings.transport {
+            EmailTransport::Outbox => Transport::Outbox(data_dir.join("outbox")),
+            EmailTransport::Smtp {
+                host,
+                port,
+                security,
+                username,
+                password,
+            } => {
+                let tls = match security {
+                    SmtpSecurity::Plain => Tls::None,
+                    SmtpSecurity::StartTls => Tls::Required(
+                        TlsParameters::new(host.clone()).map_err(|e| format!("email TLS: {e}"))?,
+                    ),
+                    SmtpSecurity::Tls => Tls::Wrapper(
+                        TlsParameters::new(host.clone()).map_err(|e| format!("email TLS: {e}"))?,
+                    ),
+                };
+                let mut builder =
+                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+                        .port(*port)
+                        .tls(tls)
+                        .timeout(Some(Duration::from_secs(15)));
+                if !username.is_empty() {
+                    builder =
+                        builder.credentials(Credentials::new(username.clone(), password.clone()));
+                }
+                Transport::Smtp(builder.build())
+            }
+        };
+        Ok(Mailer {
+            transport,
+            from,
+            max_attempts: settings.max_attempts,
+        })
+    }
+
+    /// Deliver one message.
+    pub async fn send(&self, mail: &Mail) -> Result<(), SendError> {
+        let permanent = |message: String| SendError {
+            permanent: true,
+            message,
+        };
+        let to: Mailbox = mail
+            .to
+            .parse()
+            .map_err(|e| permanent(format!("bad recipient: {e}")))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject.as_str())
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body.clone())
+            .map_err(|e| permanent(format!("cannot build message: {e}")))?;
+        match &self.transport {
+            Transport::Outbox(dir) => {
+                let dir = dir.clone();
+                let bytes = message.formatted();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    let name = format!(
+                        "{}-{}.eml",
+                        chrono_like_stamp(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    std::fs::write(dir.join(name), bytes)
+                })
+                .await
+                .map_err(|e| SendError {
+                    permanent: false,
+                    message: e.to_string(),
+                })?
+                .map_err(|e| SendError {
+                    permanent: false,
+                    message: format!("outbox: {e}"),
+                })
+            }
+            Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(|e| SendError {
+                permanent: e.is_permanent(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Seconds and nanoseconds since the epoch, so outbox files sort by time.
+fn chrono_like_stamp() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Delay before attempt number `attempts + 1`: 2, 4, 8 … seconds, at most an hour.
+fn backoff(attempts: u32) -> i64 {
+    1i64 << attempts.clamp(1, 11)
+}
+
+/// Deliver what is due, once. Returns how many messages were handled.
+pub async fn deliver_due(state: &Arc<AppState>) -> usize {
+    let now = state.clock.now();
+    let store = state.store.clone();
+    let due = match tokio::task::spawn_blocking(move || store.due_mail(now, 50)).await {
+        Ok(Ok(due)) => due,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the mail queue");
+            return 0;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "mail queue task failed");
+            return 0;
+        }
+    };
+    let handled = due.len();
+    for (id, mut mail) in due {
+        let outcome = state.mailer.send(&mail).await;
+        let store = state.store.clone();
+        let result = match outcome {
+            Ok(()) => {
+                state.metrics.mail.with_label_values(&["sent"]).inc();
+                tokio::task::spawn_blocking(move || store.remove_mail(id)).await
+            }
+            Err(e) => {
+                mail.attempts += 1;
+                let give_up = e.permanent || mail.attempts >= state.mailer.max_attempts;
+                tracing::warn!(error = %e.message, attempts = mail.attempts, give_up, "email delivery failed");
+                if give_up {
+                    state.metrics.mail.with_label_values(&["dropped"]).inc();
+                    tokio::task::spawn_blocking(move || store.remove_mail(id)).await
+                } else {
+                    state.metrics.mail.with_label_values(&["retried"]).inc();
+                    mail.next_attempt_at = now + backoff(mail.attempts);
+                    tokio::task::spawn_blocking(move || store.retry_mail(id, &mail)).await
+                }
+            }
+        };
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::error!("cannot update the mail queue");
+        }
+    }
+    handled
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(super::backoff(1), 2);
+        assert_eq!(super::backoff(3), 8);
+        assert_eq!(super::backoff(50), 2048);
+    }
+}
