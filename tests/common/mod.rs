@@ -271,3 +271,90 @@ pub fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> RawRespon
     );
     parse_response(&raw_exchange(addr, req.as_bytes()))
 }
+
+impl TestServer {
+    /// The messages written to the file outbox so far, oldest first.
+    pub fn outbox(&self) -> Vec<String> {
+        let dir = self.data_dir().join("outbox");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|it| it.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|m| decode_quoted_printable(&m))
+            .collect()
+    }
+
+    /// Wait (up to 10 s) until the outbox holds a message satisfying `pred`, and return it.
+    pub fn wait_for_mail(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(m) = self.outbox().into_iter().find(|m| pred(m)) {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such mail in {:#?}",
+                self.outbox()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// POST/PUT/DELETE/GET on the API with an optional token and JSON body: (status, body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = self.url(&format!("{}{}", self.prefix(), path));
+        let mut req = client().request(method.parse().unwrap(), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+}
+
+/// Extract the verification token from a mail's link.
+pub fn link_token(mail: &str) -> String {
+    let start = mail.find("token=").expect("a link with token=") + "token=".len();
+    mail[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// Undo quoted-printable soft line breaks and escapes, so tests can read links in mail bodies.
+pub fn decode_quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+        {
+            let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            out.push(hex(bytes[i + 1]) * 16 + hex(bytes[i + 2]));
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
