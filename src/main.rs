@@ -1,4 +1,4 @@
-//! The `portcullis` command line: serve (default), check-config, healthcheck.
+//! The `portcullis` command line: serve (default), check-config, healthcheck, admin create.
 
 use clap::{Parser, Subcommand};
 use portcullis::app::{run, AppState};
@@ -27,6 +27,50 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Exit 0 when the running server answers /readyz on its admin listener (for HEALTHCHECK).
     Healthcheck(ConfigArg),
+    /// Manage accounts from the command line (with the server stopped).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin. The password and recovery passphrase are read from
+    /// PORTCULLIS_ADMIN_PASSWORD / PORTCULLIS_ADMIN_PASSPHRASE, or else from the first two
+    /// lines of standard input; never from the command line.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        nickname: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// The admin's secrets: environment first, else standard input (one per line).
+fn read_secrets() -> Result<(String, String), String> {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut password = from_env("PORTCULLIS_ADMIN_PASSWORD");
+    let mut passphrase = from_env("PORTCULLIS_ADMIN_PASSPHRASE");
+    let stdin = std::io::stdin();
+    for slot in [&mut password, &mut passphrase] {
+        if slot.is_none() {
+            let mut line = String::new();
+            stdin
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            if !line.is_empty() {
+                *slot = Some(line);
+            }
+        }
+    }
+    match (password, passphrase) {
+        (Some(pw), Some(pp)) => Ok((pw, pp)),
+        _ => Err("give the password and the recovery passphrase in PORTCULLIS_ADMIN_PASSWORD and PORTCULLIS_ADMIN_PASSPHRASE, or as two lines on standard input".into()),
+    }
 }
 
 #[derive(clap::Args, Default)]
@@ -77,6 +121,43 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    nickname,
+                    config,
+                },
+        } => {
+            let config = match load(&config) {
+                Ok((config, _)) => config,
+                Err(errors) => {
+                    report(&errors);
+                    return ExitCode::from(2);
+                }
+            };
+            let result = read_secrets().and_then(|(password, passphrase)| {
+                use portcullis::clock::Clock;
+                portcullis::bootstrap::create_admin(
+                    &config,
+                    &email,
+                    &nickname,
+                    &password,
+                    &passphrase,
+                    SystemClock.now(),
+                )
+            });
+            match result {
+                Ok(id) => {
+                    println!("created admin {email} with id {id}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("portcullis: cannot create the admin: {message}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve(arg) => {
             let config = match load(&arg) {
                 Ok((config, _)) => config,

@@ -68,7 +68,8 @@ pub async fn create(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespon
     let body: CreateBody = parse_json(&req.body)?;
     let role = fields::role(body.role.as_deref().unwrap_or(ROLE_USER))?;
     let account = new_account(
-        state,
+        &state.config.passwords,
+        &state.hasher,
         &body.email,
         &body.nickname,
         &body.password,

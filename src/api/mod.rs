@@ -7,6 +7,8 @@ pub mod fields;
 mod login;
 mod recovery;
 mod register;
+
+pub use register::{new_account, NewAccount};
 mod verify;
 
 use crate::app::AppState;

@@ -25,7 +25,7 @@ struct RegisterBody {
 }
 
 /// Validated and hashed fields of a new account.
-pub(super) struct NewAccount {
+pub struct NewAccount {
     pub email: String,
     pub nickname: String,
     pub password_hash: String,
@@ -33,9 +33,10 @@ pub(super) struct NewAccount {
     pub customer_account: String,
 }
 
-/// Validate and hash the fields every new account needs (registration and admin create).
-pub(super) async fn new_account(
-    state: &Arc<AppState>,
+/// Validate and hash the fields every new account needs (registration, admin create, CLI).
+pub async fn new_account(
+    policy: &crate::config::PasswordSettings,
+    hasher: &crate::auth::password::Hasher,
     email: &str,
     nickname: &str,
     password: &str,
@@ -45,13 +46,12 @@ pub(super) async fn new_account(
     let email = fields::email(email)?;
     let nickname = fields::nickname(nickname)?;
     let customer_account = fields::customer_account(customer_account.unwrap_or("none"))?;
-    let policy = &state.config.passwords;
     fields::password_size(password, policy.max_length)?;
     let password = normalize_password(password);
     check_policy(policy, &password, &[&email, &nickname]).map_err(Error::Invalid)?;
     let passphrase = fields::passphrase(passphrase)?;
-    let password_hash = state.hasher.hash(password).await?;
-    let passphrase_hash = state.hasher.hash(passphrase).await?;
+    let password_hash = hasher.hash(password).await?;
+    let passphrase_hash = hasher.hash(passphrase).await?;
     Ok(NewAccount {
         email,
         nickname,
@@ -93,7 +93,8 @@ pub(super) fn verification_mail(
 pub async fn register(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let body: RegisterBody = parse_json(&req.body)?;
     let account = match new_account(
-        state,
+        &state.config.passwords,
+        &state.hasher,
         &body.email,
         &body.nickname,
         &body.password,

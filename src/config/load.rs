@@ -10,6 +10,12 @@ use toml::{Table, Value};
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 /// Environment variable naming the config file (not a config key itself).
 pub const CONFIG_FILE_VAR: &str = "PORTCULLIS_CONFIG";
+/// `PORTCULLIS_…` variables that are not configuration keys.
+const NOT_KEYS: &[&str] = &[
+    CONFIG_FILE_VAR,
+    "PORTCULLIS_ADMIN_PASSWORD",
+    "PORTCULLIS_ADMIN_PASSPHRASE",
+];
 /// The config file read when none is named and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
 
@@ -210,7 +216,7 @@ fn merge_checked(
 
 /// The key path an environment variable sets, if it is one of ours.
 fn env_key(name: &str) -> Option<(String, bool)> {
-    if name == CONFIG_FILE_VAR {
+    if NOT_KEYS.contains(&name) {
         return None;
     }
     if let Some(rest) = name.strip_prefix(ENV_PREFIX) {

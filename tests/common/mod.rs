@@ -67,7 +67,11 @@ pub struct TestServer {
 impl TestServer {
     /// Start with the test defaults as changed by `configure`.
     pub fn start(configure: impl FnOnce(&mut RawConfig)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        TestServer::start_in(tempfile::tempdir().expect("temp dir"), configure)
+    }
+
+    /// Start on an existing data dir.
+    pub fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut RawConfig)) -> TestServer {
         let mut raw = test_raw_config(dir.path());
         configure(&mut raw);
         let config =
