@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 const PW: &str = "Tr1cky-Horse!";
 
+/// Messages received: (recipients, message text).
+type Inbox = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
 #[derive(Clone, Default)]
 struct Sink {
-    received: Arc<Mutex<Vec<(Vec<String>, String)>>>,
+    received: Inbox,
     current: Arc<Mutex<(Vec<String>, Vec<u8>)>>,
     reject: bool,
 }
@@ -46,7 +49,7 @@ impl Handler for Sink {
 }
 
 /// Start an SMTP server on `port` (0: any); returns its port and what it receives.
-fn smtp_server(port: u16, reject: bool) -> (u16, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
+fn smtp_server(port: u16, reject: bool) -> (u16, Inbox) {
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind smtp");
     let port = listener.local_addr().unwrap().port();
     let sink = Sink {
