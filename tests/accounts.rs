@@ -517,3 +517,29 @@ fn first_user_admin_only_when_turned_on() {
         "user"
     );
 }
+
+#[test]
+fn hashes_are_upgraded_at_login_when_the_parameters_change() {
+    let server = TestServer::start(|raw| raw.passwords.argon2_iterations = 1);
+    server.register("old@example.com", "old", PW);
+    let TestServer {
+        server: running,
+        dir,
+        ..
+    } = server;
+    running.stop_with(pingora_core::server::ShutdownSignal::FastShutdown);
+    let server = TestServer::start_in(dir, |raw| raw.passwords.argon2_iterations = 3);
+    let hash = |s: &TestServer| {
+        s.server
+            .state
+            .store
+            .user_by_email("old@example.com")
+            .unwrap()
+            .unwrap()
+            .password_hash
+    };
+    assert!(hash(&server).contains("t=1"), "{}", hash(&server));
+    server.login("old@example.com", PW);
+    assert!(hash(&server).contains("t=3"), "{}", hash(&server));
+    server.login("old@example.com", PW);
+}
