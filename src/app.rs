@@ -120,18 +120,22 @@ impl AppState {
         self.mail_wakeup.notify_one();
     }
 
-    /// Write behind session activity and forget dead sessions.
-    pub async fn flush_sessions(&self) {
+    /// Write behind session activity and forget dead sessions in memory; with `purge_store`,
+    /// delete them from the database too (a full scan, so done less often).
+    pub async fn flush_sessions(&self, purge_store: bool) {
         let dirty = self.sessions.take_dirty();
         let now = self.clock.now();
         let store = self.store.clone();
         let idle = self.config.auth.idle_timeout.as_secs() as i64;
         let result = tokio::task::spawn_blocking(move || {
             store.touch_sessions(&dirty)?;
-            store.purge_dead_sessions(now, idle)
+            if purge_store {
+                store.purge_dead_sessions(now, idle)?;
+            }
+            Ok::<(), crate::store::StoreError>(())
         })
         .await;
-        if !matches!(result, Ok(Ok(_))) {
+        if !matches!(result, Ok(Ok(()))) {
             tracing::error!("cannot write session activity");
         }
         self.metrics.sessions.set(self.sessions.purge(now) as i64);
@@ -201,7 +205,7 @@ pub fn build_server(state: &Arc<AppState>) -> Server {
 }
 
 /// Writes session activity behind every `accounts.session_flush_seconds`, purges dead
-/// sessions and old audit events, and flushes once more at shutdown. A crash loses at most one
+/// sessions (every minute) and old audit events (every hour), and flushes once more at shutdown. A crash loses at most one
 /// interval of activity stamps: those sessions then look idle that much earlier.
 struct SessionFlusher {
     state: Arc<AppState>,
@@ -212,15 +216,20 @@ impl BackgroundService for SessionFlusher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let period = self.state.config.accounts.session_flush;
         let mut last_audit_purge: Option<Instant> = None;
+        let mut last_session_purge = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
-                    self.state.flush_sessions().await;
+                    self.state.flush_sessions(false).await;
                     return;
                 }
                 _ = tokio::time::sleep(period) => {}
             }
-            self.state.flush_sessions().await;
+            let purge = last_session_purge.elapsed() > Duration::from_secs(60);
+            if purge {
+                last_session_purge = Instant::now();
+            }
+            self.state.flush_sessions(purge).await;
             if last_audit_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
                 last_audit_purge = Some(Instant::now());
                 let before =

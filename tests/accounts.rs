@@ -543,3 +543,54 @@ fn hashes_are_upgraded_at_login_when_the_parameters_change() {
     assert!(hash(&server).contains("t=3"), "{}", hash(&server));
     server.login("old@example.com", PW);
 }
+
+#[test]
+fn session_activity_is_written_behind_and_survives_a_restart() {
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let configure = move |raw: &mut portcullis::config::RawConfig| {
+        raw.auth.idle_minutes = 10;
+        raw.routes = vec![route("/api", addr, "required", &[])];
+    };
+    let server = TestServer::start(configure);
+    server.register("active@example.com", "active", PW);
+    let token = server.login("active@example.com", PW);
+    server.clock.advance(9 * 60);
+    assert_eq!(
+        client()
+            .get(server.url("/api/x"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let TestServer {
+        server: running,
+        clock,
+        dir,
+    } = server;
+    running.stop_with(pingora_core::server::ShutdownSignal::GracefulTerminate);
+    clock.advance(9 * 60);
+    let config = {
+        let mut raw = common::test_raw_config(dir.path());
+        configure(&mut raw);
+        portcullis::config::Config::from_raw(&raw).unwrap()
+    };
+    let state = AppState::new(config, clock.clone()).unwrap();
+    let restarted = TestServer {
+        server: RunningServer::start(Arc::new(state)).unwrap(),
+        clock,
+        dir,
+    };
+    // 18 minutes after login but 9 after the last activity: alive only if activity was kept.
+    assert_eq!(
+        client()
+            .get(restarted.url("/api/x"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
