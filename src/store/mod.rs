@@ -663,3 +663,135 @@ fn remove_sessions_of(
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::ROLE_USER;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(&dir.join("main.redb"), &dir.join("audit.redb")).unwrap()
+    }
+
+    fn user(id: &str, email: &str) -> User {
+        User {
+            id: id.into(),
+            email: email.into(),
+            nickname: id.into(),
+            password_hash: String::new(),
+            passphrase_hash: String::new(),
+            customer_account: "none".into(),
+            role: ROLE_USER.into(),
+            locked: false,
+            email_verified: false,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        {
+            let db = Database::create(dir.path().join("main.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = Store::open(
+            &dir.path().join("main.redb"),
+            &dir.path().join("audit.redb"),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn verification_links_are_bound_to_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .create_user(user("u1", "old@example.com"), false, &[], None)
+            .unwrap();
+        let v = Verification {
+            user_id: "u1".into(),
+            email: "old@example.com".into(),
+            expires_at: 100,
+        };
+        store.put_verification("h1", &v, &[]).unwrap();
+        store
+            .update_user::<StoreError>("u1", &[], |u| {
+                u.email = "new@example.com".into();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store.consume_verification("h1", 50).unwrap(),
+            None,
+            "link for the old address"
+        );
+        assert!(!store.user_by_id("u1").unwrap().unwrap().email_verified);
+        // Expired links do nothing either.
+        let v = Verification {
+            user_id: "u1".into(),
+            email: "new@example.com".into(),
+            expires_at: 100,
+        };
+        store.put_verification("h2", &v, &[]).unwrap();
+        assert_eq!(store.consume_verification("h2", 100).unwrap(), None);
+    }
+
+    #[test]
+    fn old_audit_events_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let ev = |at: i64| AuditEvent {
+            seq: 0,
+            at,
+            kind: "login".into(),
+            outcome: "success".into(),
+            user_id: None,
+            actor: None,
+            request_id: String::new(),
+            client_ip: String::new(),
+            detail: None,
+        };
+        store.append_audit(&[ev(10), ev(20), ev(30)]).unwrap();
+        assert_eq!(store.purge_audit_before(25).unwrap(), 2);
+        let left = store
+            .audit_events(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(left.iter().map(|e| e.at).collect::<Vec<_>>(), vec![30]);
+        assert_eq!(left[0].seq, 3);
+    }
+
+    #[test]
+    fn email_and_nickname_indexes_follow_changes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .create_user(user("a", "a@example.com"), false, &[], None)
+            .unwrap();
+        store
+            .create_user(user("b", "b@example.com"), false, &[], None)
+            .unwrap();
+        let taken = store.update_user::<StoreError>("b", &[], |u| {
+            u.email = "A@EXAMPLE.COM".into();
+            Ok(())
+        });
+        assert!(matches!(taken, Err(StoreError::Duplicate("email"))));
+        store.delete_user("a", &[]).unwrap();
+        assert!(store.user_by_email("a@example.com").unwrap().is_none());
+        store
+            .create_user(user("a", "a@example.com"), false, &[], None)
+            .unwrap();
+    }
+}
