@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, parse_response, raw_exchange, route, EchoUpstream, TestServer};
+use common::{client, parse_response, raw_exchange_for, route, EchoUpstream, TestServer};
 
 #[test]
 fn welcome_under_the_default_prefix() {
@@ -69,7 +69,12 @@ fn an_unread_body_is_never_parsed_as_a_second_request() {
             "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
             smuggled.len()
         );
-        let text = raw_exchange(server.addr(), req.as_bytes());
+        // A kept-alive connection stays open after the answer: stop reading after 1 s of quiet.
+        let text = raw_exchange_for(
+            server.addr(),
+            req.as_bytes(),
+            std::time::Duration::from_secs(1),
+        );
         let resp = parse_response(&text);
         assert!(resp.status == 401 || resp.status == 405, "{target}: {text}");
         assert_eq!(
