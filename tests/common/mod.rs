@@ -223,10 +223,13 @@ impl RawResponse {
 
 /// Send raw bytes (one request, `Connection: close` advised) and read the whole answer.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    raw_exchange_for(addr, request, Duration::from_secs(10))
+}
+
+/// Like `raw_exchange`, reading until the server closes or `quiet` passes without data.
+pub fn raw_exchange_for(addr: SocketAddr, request: &[u8], quiet: Duration) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(quiet)).unwrap();
     stream.write_all(request).expect("write");
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
