@@ -61,13 +61,14 @@ fn bench_gate(c: &mut Criterion) {
         upstreams: vec!["127.0.0.1:9000".parse().unwrap()],
         auth: RouteAuth::Required,
         roles: vec![],
+        rate_limit: None,
     };
     let table = RouteTable::new(
         "/auth",
         vec![
-            Route::new(&spec("/api"), timeouts),
-            Route::new(&spec("/api/admin"), timeouts),
-            Route::new(&spec("/static"), timeouts),
+            Route::new(&spec("/api"), timeouts, None),
+            Route::new(&spec("/api/admin"), timeouts, None),
+            Route::new(&spec("/static"), timeouts, None),
         ],
     );
 

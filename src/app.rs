@@ -2,6 +2,7 @@
 //! metrics, clock) and the pingora server built from it, with its background services, run
 //! either for real (Unix signals) or in-process for tests.
 
+use crate::auth::limiter::{ApiLimits, Decision, KeyedLimiter};
 use crate::auth::password::Hasher;
 use crate::auth::sessions::SessionTable;
 use crate::auth::tokens::Identity;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub hasher: Hasher,
     pub mailer: Mailer,
     pub routes: RouteTable,
+    pub limits: ApiLimits,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     mail_wakeup: tokio::sync::Notify,
@@ -61,9 +63,15 @@ impl AppState {
             config
                 .routes
                 .iter()
-                .map(|r| Route::new(r, timeouts))
+                .map(|r| {
+                    let limiter = r.rate_limit.or(config.limits.route_default).map(|q| {
+                        KeyedLimiter::new(q, clock.clone(), config.limits.max_tracked_keys)
+                    });
+                    Route::new(r, timeouts, limiter)
+                })
                 .collect(),
         );
+        let limits = ApiLimits::new(&config, clock.clone());
         let metrics =
             Arc::new(Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?);
         let store = Store::open(&config.storage.database, &config.storage.audit_database)
@@ -90,6 +98,7 @@ impl AppState {
             hasher,
             mailer,
             routes,
+            limits,
             metrics,
             clock,
             mail_wakeup: tokio::sync::Notify::new(),
@@ -113,6 +122,40 @@ impl AppState {
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??;
         self.sessions.remove(&ended);
         Ok(())
+    }
+
+    /// Count one request against `limiter` for `key`, recording the decision under `scope`.
+    pub fn rate_check(
+        &self,
+        scope: &str,
+        limiter: &KeyedLimiter,
+        key: impl std::hash::Hash,
+    ) -> Result<Decision, Error> {
+        let decision = limiter.check(key);
+        let outcome = if decision.allowed {
+            "allow"
+        } else {
+            "throttle"
+        };
+        self.metrics
+            .rate_limits
+            .with_label_values(&[scope, outcome])
+            .inc();
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(Error::Throttled(decision))
+        }
+    }
+
+    /// Forget idle rate-limit keys everywhere.
+    pub fn evict_idle_limits(&self) {
+        self.limits.evict_idle(self.clock.now());
+        for route in self.routes.routes() {
+            if let Some(l) = &route.limiter {
+                l.evict_idle();
+            }
+        }
     }
 
     /// Tell the mail sender that new mail is queued.
@@ -230,6 +273,7 @@ impl BackgroundService for SessionFlusher {
                 last_session_purge = Instant::now();
             }
             self.state.flush_sessions(purge).await;
+            self.state.evict_idle_limits();
             if last_audit_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
                 last_audit_purge = Some(Instant::now());
                 let before =

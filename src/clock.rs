@@ -4,9 +4,15 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A source of the current time in unix seconds.
+/// A source of the current time.
 pub trait Clock: Send + Sync {
+    /// Unix seconds.
     fn now(&self) -> i64;
+
+    /// Time since the epoch, as finely as the clock knows it (rate limiters need sub-second).
+    fn since_epoch(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.now().max(0) as u64)
+    }
 }
 
 /// The real clock.
@@ -14,10 +20,13 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
+        self.since_epoch().as_secs() as i64
+    }
+
+    fn since_epoch(&self) -> std::time::Duration {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 

@@ -42,6 +42,13 @@ pub enum Error {
     AccountLocked,
     #[error("email not verified")]
     EmailNotVerified,
+    /// A rate limit or the login guard refused the request.
+    #[error("throttled")]
+    Throttled(crate::auth::limiter::Decision),
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("request timeout")]
+    RequestTimeout,
     #[error("upstream unavailable")]
     UpstreamUnavailable,
     #[error("upstream timed out")]
@@ -66,6 +73,9 @@ impl Error {
             Error::Invalid(_) | Error::Duplicate(_) => StatusCode::BAD_REQUEST,
             Error::BadCredentials => StatusCode::UNAUTHORIZED,
             Error::AccountLocked | Error::EmailNotVerified => StatusCode::FORBIDDEN,
+            Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,6 +99,9 @@ impl Error {
             Error::BadCredentials => "Incorrect email or password",
             Error::AccountLocked => "Account locked",
             Error::EmailNotVerified => "Email not verified",
+            Error::Throttled(_) => "Too many requests",
+            Error::HeadersTooLarge => "Request headers too large",
+            Error::RequestTimeout => "Request timed out",
             Error::MissingToken => "Not authenticated",
             Error::InvalidToken(_) => "Could not validate credentials",
             Error::Forbidden => "Not enough permissions",
@@ -115,6 +128,18 @@ impl Error {
         }
     }
 
+    /// Every header this error's response carries besides Content-Type and Content-Length.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![("cache-control", "no-store".to_string())];
+        if let Some(challenge) = self.challenge() {
+            h.push(("www-authenticate", challenge.to_string()));
+        }
+        if let Error::Throttled(decision) = self {
+            h.extend(decision.headers());
+        }
+        h
+    }
+
     /// A short stable label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -131,6 +156,9 @@ impl Error {
             Error::BadCredentials => "bad_credentials",
             Error::AccountLocked => "account_locked",
             Error::EmailNotVerified => "email_not_verified",
+            Error::Throttled(_) => "throttled",
+            Error::HeadersTooLarge => "headers_too_large",
+            Error::RequestTimeout => "request_timeout",
             Error::UpstreamUnavailable => "upstream_unavailable",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::Unavailable => "unavailable",

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub mail: IntCounterVec,
     /// Audit events that could not be written.
     pub audit_failures: IntCounter,
+    /// Rate-limit decisions by scope and outcome (`allow`/`throttle`).
+    pub rate_limits: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +113,14 @@ impl Metrics {
             "portcullis_audit_write_failures_total",
             "Audit events that could not be written",
         )?;
+        let rate_limits = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limit_decisions_total",
+                "Rate-limit decisions, by scope and outcome",
+            ),
+            &["scope", "outcome"],
+        )?;
+        registry.register(Box::new(rate_limits.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -131,6 +141,7 @@ impl Metrics {
             hash_seconds,
             mail,
             audit_failures,
+            rate_limits,
         })
     }
 

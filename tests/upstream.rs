@@ -176,6 +176,7 @@ fn several_upstreams_share_the_load() {
             upstream: Upstreams::Many(vec![aa.to_string(), ba.to_string()]),
             auth: "public".into(),
             roles: vec![],
+            rate_limit: None,
         }]
     });
     for _ in 0..6 {

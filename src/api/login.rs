@@ -24,6 +24,30 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
         )));
     }
     let email = body.email.trim().to_string();
+    let account = email.to_lowercase();
+    if let Some(wait) = state.limits.login.blocked_for(&account, req.now) {
+        state
+            .metrics
+            .rate_limits
+            .with_label_values(&["login_account", "throttle"])
+            .inc();
+        state.metrics.logins.with_label_values(&["throttled"]).inc();
+        let mut ev = event(req, "login", "throttled", None);
+        ev.detail = Some(format!("retry_after={wait}"));
+        audit(state, vec![ev]).await;
+        return Err(Error::Throttled(crate::auth::limiter::Decision {
+            allowed: false,
+            limit: state.config.limits.login_failures,
+            remaining: 0,
+            reset_secs: wait,
+            retry_after_secs: wait,
+        }));
+    }
+    state
+        .metrics
+        .rate_limits
+        .with_label_values(&["login_account", "allow"])
+        .inc();
     let user = if email.len() <= 254 {
         let lookup = email.clone();
         blocking(state, move |s| Ok(s.user_by_email(&lookup)?)).await?

@@ -105,6 +105,16 @@ fn endpoint(path: &str) -> Option<(&'static str, &'static [Method], Option<&str>
     None
 }
 
+/// Is `path` one of the endpoints used without a session (limited per client IP)?
+pub fn is_public(path: &str) -> bool {
+    matches!(
+        endpoint(path).map(|(p, _, _)| p),
+        None | Some(
+            "/" | "/register" | "/login" | "/recovery" | "/verify-email" | "/verify-email/resend"
+        )
+    )
+}
+
 /// Does the API serve `path`? Used when it is mounted at the root.
 pub fn owns(path: &str) -> bool {
     endpoint(path).is_some()

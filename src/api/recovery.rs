@@ -26,6 +26,14 @@ pub async fn recover(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespo
         return Err(Error::Invalid(MISMATCH.into()));
     }
     let email = body.email.trim().to_string();
+    if let Err(throttled) =
+        state.rate_check("recovery", &state.limits.recovery, email.to_lowercase())
+    {
+        let mut ev = event(req, "recovery", "throttled", None);
+        ev.detail = Some("too many attempts for this account".into());
+        audit(state, vec![ev]).await;
+        return Err(throttled);
+    }
     let lookup = email.clone();
     let user = if email.len() <= 254 {
         blocking(state, move |s| Ok(s.user_by_email(&lookup)?)).await?

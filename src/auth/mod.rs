@@ -2,6 +2,7 @@
 //! and the live-session table.
 
 pub mod keys;
+pub mod limiter;
 pub mod password;
 pub mod sessions;
 pub mod tokens;

@@ -68,7 +68,25 @@ pub struct Config {
     pub accounts: AccountSettings,
     pub email: EmailSettings,
     pub audit: AuditSettings,
+    pub limits: LimitSettings,
     pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Applied to routes without their own `rate_limit`.
+    pub route_default: Option<Quota>,
+    /// Most keys one limiter tracks; past that new keys share an overflow bucket.
+    pub max_tracked_keys: usize,
+    pub login_failures: u32,
+    pub login_failure_window: Duration,
+    pub registrations_per_ip: Quota,
+    pub recovery_per_account: Quota,
+    pub resend_per_account: Quota,
+    /// Request headers larger than this get 431.
+    pub max_header_bytes: usize,
+    /// A client sending its body slower than one read per this long is cut off (408).
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +276,7 @@ pub struct RouteSpec {
     pub auth: RouteAuth,
     /// Empty: any authenticated caller.
     pub roles: Vec<String>,
+    pub rate_limit: Option<Quota>,
 }
 
 /// Parse a time unit the way the original service wrote them: an optional count, then
@@ -283,6 +302,14 @@ pub fn parse_time_unit(text: &str) -> Option<Duration> {
         return None;
     }
     count.checked_mul(seconds).map(Duration::from_secs)
+}
+
+/// Parse `"N/unit"` (`"100/1minute"`, `"5/hour"`, `"30/10seconds"`).
+pub fn parse_rate(text: &str) -> Option<Quota> {
+    let (count, unit) = text.split_once('/')?;
+    let requests: u32 = count.trim().parse().ok().filter(|n| *n > 0)?;
+    let period = parse_time_unit(unit)?;
+    Some(Quota { requests, period })
 }
 
 /// Checks a value and records a problem under its key; keeps `from_raw` flat.
@@ -331,6 +358,19 @@ impl Checker {
                 http::HeaderName::from_static("x-invalid")
             }
         }
+    }
+
+    fn rate(&mut self, key: &str, text: &str) -> Quota {
+        parse_rate(text).unwrap_or_else(|| {
+            self.fail(
+                key,
+                format!("expected requests/period such as \"100/1minute\", found {text:?}"),
+            );
+            Quota {
+                requests: 1,
+                period: Duration::from_secs(1),
+            }
+        })
     }
 
     fn quota(&mut self, count_key: &str, count: i64, unit_key: &str, unit: &str) -> Quota {
@@ -773,6 +813,40 @@ impl Config {
                 86_400 * c.range("audit.retention_days", raw.audit.retention_days, 1, 36_500),
             ),
         };
+        let l = &raw.limits;
+        let limits = LimitSettings {
+            route_default: if l.route_default.is_empty() {
+                None
+            } else {
+                Some(c.rate("limits.route_default", &l.route_default))
+            },
+            max_tracked_keys: c.range(
+                "limits.max_tracked_keys",
+                l.max_tracked_keys,
+                100,
+                100_000_000,
+            ) as usize,
+            login_failures: c.range("limits.login_failures", l.login_failures, 1, 100) as u32,
+            login_failure_window: Duration::from_secs(
+                60 * c.range(
+                    "limits.login_failure_window_minutes",
+                    l.login_failure_window_minutes,
+                    1,
+                    24 * 60,
+                ),
+            ),
+            registrations_per_ip: c.rate("limits.registrations_per_ip", &l.registrations_per_ip),
+            recovery_per_account: c.rate("limits.recovery_per_account", &l.recovery_per_account),
+            resend_per_account: c.rate("limits.resend_per_account", &l.resend_per_account),
+            max_header_bytes: c.range("limits.max_header_bytes", l.max_header_bytes, 1024, 1 << 20)
+                as usize,
+            body_read_timeout: Duration::from_secs(c.range(
+                "limits.body_read_timeout_seconds",
+                l.body_read_timeout_seconds,
+                1,
+                3600,
+            )),
+        };
         let max_body_bytes =
             c.range("api.max_body_bytes", raw.api.max_body_bytes, 1024, 1 << 20) as usize;
 
@@ -833,11 +907,16 @@ impl Config {
                     ),
                 }
             }
+            let rate_limit = r
+                .rate_limit
+                .as_deref()
+                .map(|text| c.rate(&format!("{key}.rate_limit"), text));
             routes.push(RouteSpec {
                 path: r.path.clone(),
                 upstreams,
                 auth,
                 roles: r.roles.clone(),
+                rate_limit,
             });
         }
 
@@ -886,6 +965,7 @@ impl Config {
             accounts,
             email,
             audit,
+            limits,
             routes,
         })
     }

@@ -20,7 +20,38 @@ pub struct RawConfig {
     pub bootstrap: RawBootstrap,
     pub email: RawEmail,
     pub audit: RawAudit,
+    pub limits: RawLimits,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub route_default: String,
+    pub max_tracked_keys: i64,
+    pub login_failures: i64,
+    pub login_failure_window_minutes: i64,
+    pub registrations_per_ip: String,
+    pub recovery_per_account: String,
+    pub resend_per_account: String,
+    pub max_header_bytes: i64,
+    pub body_read_timeout_seconds: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            route_default: String::new(),
+            max_tracked_keys: 100_000,
+            login_failures: 5,
+            login_failure_window_minutes: 15,
+            registrations_per_ip: "5/1hour".into(),
+            recovery_per_account: "5/1hour".into(),
+            resend_per_account: "3/1hour".into(),
+            max_header_bytes: 16 * 1024,
+            body_read_timeout_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,6 +186,9 @@ pub struct RawRoute {
     pub auth: String,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// `"N/unit"`, e.g. `"100/1minute"`: per user on required routes, per client IP on public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 /// `upstream = "host:port"` or `upstream = ["host:port", …]`.
@@ -194,6 +228,7 @@ impl Default for RawConfig {
             bootstrap: RawBootstrap::default(),
             email: RawEmail::default(),
             audit: RawAudit::default(),
+            limits: RawLimits::default(),
             routes: Vec::new(),
         }
     }

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     outcome: Option<&'static str>,
     /// The request body was read whole (so the connection can be kept alive).
     body_read: bool,
+    /// The rate-limit decision that let this request through, for the `RateLimit-*` headers.
+    rate: Option<crate::auth::limiter::Decision>,
 }
 
 /// Does the request carry a body that we have not read?
@@ -60,6 +62,16 @@ fn has_body(req: &RequestHeader) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     cl.is_some_and(|n| n > 0) || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Size of the request head as received: target plus every header line.
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
 }
 
 /// Read an API request body of at most `limit` bytes. A declared or actual size over the
@@ -97,6 +109,9 @@ async fn read_api_body(session: &mut Session, limit: usize) -> Result<bytes::Byt
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
+            Err(e) if matches!(e.etype(), pingora_error::ErrorType::ReadTimedout) => {
+                return Err(Error::RequestTimeout)
+            }
             Err(_) => return Err(Error::BadRequest("Cannot read request body")),
         }
     }
@@ -128,6 +143,7 @@ impl Gateway {
                 let rel = rel.to_string();
                 let (method, headers) = (req.method.clone(), req.headers.clone());
                 let query = target.query.clone();
+                ctx.rate = Some(self.api_rate_check(&rel, &headers, ctx.client_ip, now)?);
                 let body = read_api_body(session, state.config.api.max_body_bytes).await?;
                 ctx.body_read = true;
                 let api_req = ApiRequest {
@@ -143,7 +159,7 @@ impl Gateway {
                 let path = api_req.path.clone();
                 match api::handle(state, api_req).await {
                     Ok(resp) => {
-                        let mut extra = Vec::new();
+                        let mut extra = ctx.rate.map(|d| d.headers()).unwrap_or_default();
                         if resp.no_store {
                             extra.push(("cache-control", "no-store".to_string()));
                             extra.push(("pragma", "no-cache".to_string()));
@@ -163,11 +179,13 @@ impl Gateway {
                             .collect::<Vec<_>>()
                             .join(", ");
                         ctx.outcome = Some(err.reason());
+                        let mut extra = ctx.rate.map(|d| d.headers()).unwrap_or_default();
+                        extra.push(("allow", allow));
                         respond::json(
                             session,
                             err.status(),
                             err.body(),
-                            &[("allow", allow)],
+                            &extra,
                             &ctx.request_id,
                             false,
                         )
@@ -201,10 +219,43 @@ impl Gateway {
                         return Err(e);
                     }
                 }
+                if let Some(limiter) = &route.limiter {
+                    let decision = match &ctx.identity {
+                        Some(id) => state.rate_check("route", limiter, id.user_id.as_str()),
+                        None => state.rate_check("route", limiter, ctx.client_ip),
+                    }?;
+                    ctx.rate = Some(decision);
+                }
                 ctx.upstream_target = Some(target.origin_form());
                 Ok(false)
             }
         }
+    }
+
+    /// The original's API limits: per user (from a valid token) on authenticated endpoints,
+    /// per client IP on the others and for callers without a valid token.
+    fn api_rate_check(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        client_ip: Option<IpAddr>,
+        now: i64,
+    ) -> Result<crate::auth::limiter::Decision, Error> {
+        let state = &self.state;
+        if !api::is_public(path) {
+            let user = gate::bearer_token(headers)
+                .ok()
+                .flatten()
+                .and_then(|t| state.tokens.validate(t, now).ok());
+            if let Some(identity) = user {
+                return state.rate_check(
+                    "api_private",
+                    &state.limits.private,
+                    identity.user_id.as_str(),
+                );
+            }
+        }
+        state.rate_check("api_public", &state.limits.public, client_ip)
     }
 
     fn route_label(&self, served: Served) -> &str {
@@ -231,6 +282,7 @@ impl ProxyHttp for Gateway {
             identity: None,
             outcome: None,
             body_read: false,
+            rate: None,
         }
     }
 
@@ -252,7 +304,14 @@ impl ProxyHttp for Gateway {
                 &self.state.config.server.trusted_proxies,
             )
         });
-        match self.decide(session, ctx).await {
+        session.set_read_timeout(Some(self.state.config.limits.body_read_timeout));
+        let decided =
+            if header_bytes(session.req_header()) > self.state.config.limits.max_header_bytes {
+                Err(Error::HeadersTooLarge)
+            } else {
+                self.decide(session, ctx).await
+            };
+        match decided {
             Ok(answered) => Ok(answered),
             Err(err) => {
                 if let Error::Internal(detail) = &err {
@@ -260,7 +319,11 @@ impl ProxyHttp for Gateway {
                 }
                 ctx.outcome = Some(err.reason());
                 let close = has_body(session.req_header()) && !ctx.body_read;
-                respond::error(session, &err, &ctx.request_id, close).await?;
+                let extra = match (&err, ctx.rate) {
+                    (Error::Throttled(_), _) | (_, None) => Vec::new(),
+                    (_, Some(d)) => d.headers(),
+                };
+                respond::error(session, &err, &extra, &ctx.request_id, close).await?;
                 Ok(true)
             }
         }
@@ -320,6 +383,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<()> {
         response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(decision) = ctx.rate {
+            for (name, value) in decision.headers() {
+                response.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -336,6 +404,7 @@ impl ProxyHttp for Gateway {
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
             ) => Some(Error::UpstreamTimeout),
             (ErrorSource::Upstream, _) => Some(Error::UpstreamUnavailable),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(Error::RequestTimeout),
             (
                 ErrorSource::Downstream,
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
@@ -371,7 +440,8 @@ impl ProxyHttp for Gateway {
         ctx.outcome = Some(err.reason());
         let code = err.status().as_u16();
         if session.response_written().is_none() {
-            if let Err(write_err) = respond::error(session, &err, &ctx.request_id, true).await {
+            if let Err(write_err) = respond::error(session, &err, &[], &ctx.request_id, true).await
+            {
                 tracing::debug!(error = %write_err, "cannot write error response");
             }
         }

@@ -40,16 +40,23 @@ pub async fn json(
     Ok(())
 }
 
-/// Write `err` as `{"detail": …}` with its status and challenge.
+/// Write `err` as `{"detail": …}` with its status and headers, plus `extra` headers.
 pub async fn error(
     session: &mut Session,
     err: &Error,
+    extra: &[(&'static str, String)],
     request_id: &str,
     close: bool,
 ) -> pingora_core::Result<()> {
-    let mut extra: Vec<(&'static str, String)> = vec![("cache-control", "no-store".to_string())];
-    if let Some(challenge) = err.challenge() {
-        extra.push(("www-authenticate", challenge.to_string()));
-    }
-    json(session, err.status(), err.body(), &extra, request_id, close).await
+    let mut headers = err.headers();
+    headers.extend_from_slice(extra);
+    json(
+        session,
+        err.status(),
+        err.body(),
+        &headers,
+        request_id,
+        close,
+    )
+    .await
 }

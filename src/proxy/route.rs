@@ -2,6 +2,7 @@
 //! (the accounts API, a configured route, or nowhere). Prefixes match on segment boundaries,
 //! ASCII case-insensitively, and the longest prefix wins.
 
+use crate::auth::limiter::KeyedLimiter;
 use crate::config::{RouteAuth, RouteSpec};
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ pub struct Route {
     pub auth: RouteAuth,
     pub roles: Vec<String>,
     pub upstreams: Vec<SocketAddr>,
+    /// Per user on required routes, per client IP on public ones.
+    pub limiter: Option<KeyedLimiter>,
     peers: Vec<HttpPeer>,
     next: AtomicUsize,
 }
@@ -28,7 +31,7 @@ pub struct PeerTimeouts {
 }
 
 impl Route {
-    pub fn new(spec: &RouteSpec, timeouts: PeerTimeouts) -> Route {
+    pub fn new(spec: &RouteSpec, timeouts: PeerTimeouts, limiter: Option<KeyedLimiter>) -> Route {
         let peers = spec
             .upstreams
             .iter()
@@ -48,6 +51,7 @@ impl Route {
             auth: spec.auth,
             roles: spec.roles.clone(),
             upstreams: spec.upstreams.clone(),
+            limiter,
             peers,
             next: AtomicUsize::new(0),
         }
@@ -158,8 +162,10 @@ mod tests {
                         upstreams: vec!["127.0.0.1:1".parse().unwrap()],
                         auth: RouteAuth::Required,
                         roles: vec![],
+                        rate_limit: None,
                     },
                     timeouts,
+                    None,
                 )
             })
             .collect();

@@ -40,6 +40,7 @@ pub fn route(path: &str, upstream: SocketAddr, auth: &str, roles: &[&str]) -> Ra
         upstream: Upstreams::One(upstream.to_string()),
         auth: auth.to_string(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        rate_limit: None,
     }
 }
 
@@ -55,6 +56,12 @@ pub fn test_raw_config(data_dir: &Path) -> RawConfig {
     raw.server.grace_period_seconds = 0;
     raw.server.graceful_shutdown_timeout_seconds = 1;
     raw.auth.secret_key = TEST_KEY.to_string();
+    // Tests make many requests from one address; the rate-limit tests set tight limits themselves.
+    raw.rate_limits.public_routes = 1_000_000;
+    raw.rate_limits.private_routes = 1_000_000;
+    raw.limits.registrations_per_ip = "1000000/1hour".into();
+    raw.limits.recovery_per_account = "1000/1hour".into();
+    raw.limits.resend_per_account = "1000/1hour".into();
     raw
 }
 

@@ -1,0 +1,390 @@
+//! Rate limiting: exact per-key GCRA limits (governor) and the per-account guard against
+//! password guessing. Both take time from the injected `Clock`, and both bound their memory.
+//!
+//! Why governor's GCRA: it is exact per key (no sketch collisions, so two clients never share a
+//! bucket), needs one timestamp per key, and its keyed store can evict keys whose state has
+//! fully replenished (`retain_recent`). pingora-limits' count-min sketch is approximate by design.
+
+use crate::clock::Clock;
+use crate::config::Quota;
+use governor::clock::{Clock as GovernorClock, ReasonablyRealtime};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// governor's view of our clock: time since the epoch.
+#[derive(Clone)]
+pub struct LimiterClock(pub Arc<dyn Clock>);
+
+impl GovernorClock for LimiterClock {
+    type Instant = Duration;
+    fn now(&self) -> Duration {
+        self.0.since_epoch()
+    }
+}
+
+impl ReasonablyRealtime for LimiterClock {}
+
+/// What a limiter decided, with what the `RateLimit-*` headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the key's allowance is whole again.
+    pub reset_secs: u64,
+    /// Seconds to wait before the next request can pass (0 when allowed).
+    pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// The `RateLimit-Limit`, `-Remaining`, `-Reset` (and on refusal `Retry-After`) headers.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("ratelimit-limit", self.limit.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", self.reset_secs.to_string()),
+        ];
+        if !self.allowed {
+            h.push(("retry-after", self.retry_after_secs.max(1).to_string()));
+        }
+        h
+    }
+}
+
+type Governor =
+    governor::RateLimiter<u64, DashMapStateStore<u64>, LimiterClock, StateInformationMiddleware>;
+
+/// `quota.requests` per `quota.period` for each key, exactly. Keys are hashed with a random
+/// seed (so they cannot be chosen to collide). At most `max_keys` are tracked: past that, after
+/// evicting idle keys, new keys share one overflow bucket, so a flood of distinct keys costs
+/// bounded memory and is still limited as a whole.
+pub struct KeyedLimiter {
+    governor: Governor,
+    quota: Quota,
+    hasher: RandomState,
+    max_keys: usize,
+    /// When (clock seconds) the store was last swept because it was full: a full store is
+    /// swept at most once a second, so a flood cannot make every request pay for a sweep.
+    last_sweep: std::sync::atomic::AtomicI64,
+}
+
+const OVERFLOW_KEY: u64 = 0;
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl KeyedLimiter {
+    pub fn new(quota: Quota, clock: Arc<dyn Clock>, max_keys: usize) -> KeyedLimiter {
+        let burst = NonZeroU32::new(quota.requests.max(1)).unwrap_or(NonZeroU32::MIN);
+        let per_cell = quota.period / burst.get();
+        let gq = governor::Quota::with_period(per_cell.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| governor::Quota::per_second(burst))
+            .allow_burst(burst);
+        KeyedLimiter {
+            governor: governor::RateLimiter::dashmap_with_clock(gq, LimiterClock(clock))
+                .with_middleware::<StateInformationMiddleware>(),
+            quota,
+            hasher: RandomState::new(),
+            max_keys: max_keys.max(1),
+            last_sweep: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    fn key_of(&self, key: impl Hash) -> u64 {
+        match self.hasher.hash_one(key) {
+            OVERFLOW_KEY => 1,
+            k => k,
+        }
+    }
+
+    /// Count one request for `key` and decide.
+    pub fn check(&self, key: impl Hash) -> Decision {
+        let mut k = self.key_of(key);
+        if self.governor.len() >= self.max_keys {
+            let now = self.clock().0.now();
+            let last = self.last_sweep.load(std::sync::atomic::Ordering::Relaxed);
+            if now > last
+                && self
+                    .last_sweep
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                self.governor.retain_recent();
+            }
+            if self.governor.len() >= self.max_keys {
+                k = OVERFLOW_KEY;
+            }
+        }
+        let per_cell = self.quota.period / self.quota.requests.max(1);
+        match self.governor.check_key(&k) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let used = self.quota.requests.saturating_sub(remaining);
+                Decision {
+                    allowed: true,
+                    limit: self.quota.requests,
+                    remaining,
+                    reset_secs: ceil_secs(per_cell * used),
+                    retry_after_secs: 0,
+                }
+            }
+            Err(not_until) => {
+                let now = self.governor_clock_now();
+                let wait = not_until.wait_time_from(now);
+                Decision {
+                    allowed: false,
+                    limit: self.quota.requests,
+                    remaining: 0,
+                    reset_secs: ceil_secs(wait + per_cell * self.quota.requests.saturating_sub(1)),
+                    retry_after_secs: ceil_secs(wait),
+                }
+            }
+        }
+    }
+
+    fn governor_clock_now(&self) -> Duration {
+        // The limiter was built with a LimiterClock; ask the same source.
+        governor::clock::Clock::now(self.clock())
+    }
+
+    fn clock(&self) -> &LimiterClock {
+        self.governor.clock()
+    }
+
+    /// Forget keys whose allowance is whole again.
+    pub fn evict_idle(&self) {
+        self.governor.retain_recent();
+        self.governor.shrink_to_fit();
+    }
+
+    /// How many keys are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.governor.len()
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+}
+
+/// Failed-login state of one account.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last_failure: i64,
+    blocked_until: i64,
+}
+
+/// Counts failed logins per account, independent of the client's address: after `threshold`
+/// failures within `window`, the account refuses attempts (even with the right password) for a
+/// back-off that doubles with each further failure, up to `window`. The count is forgotten once
+/// `window` passes without a failure, and reset by a successful login. Unknown accounts are
+/// counted exactly like real ones.
+pub struct LoginGuard {
+    threshold: u32,
+    window_secs: i64,
+    base_backoff_secs: i64,
+    max_keys: usize,
+    hasher: RandomState,
+    accounts: Mutex<HashMap<u64, Failures>>,
+}
+
+impl LoginGuard {
+    pub fn new(threshold: u32, window: Duration, max_keys: usize) -> LoginGuard {
+        LoginGuard {
+            threshold: threshold.max(1),
+            window_secs: window.as_secs().max(1) as i64,
+            base_backoff_secs: 30,
+            max_keys: max_keys.max(1),
+            hasher: RandomState::new(),
+            accounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, account: &str) -> u64 {
+        self.hasher.hash_one(account.trim().to_lowercase())
+    }
+
+    /// Seconds the account must wait before an attempt is evaluated, if it is throttled.
+    pub fn blocked_for(&self, account: &str, now: i64) -> Option<u64> {
+        let map = self.accounts.lock().ok()?;
+        let f = map.get(&self.key(account))?;
+        (f.blocked_until > now).then(|| (f.blocked_until - now) as u64)
+    }
+
+    /// Record a failed attempt; returns the block it starts, in seconds, if any.
+    pub fn failure(&self, account: &str, now: i64) -> Option<u64> {
+        let key = self.key(account);
+        let mut map = self.accounts.lock().ok()?;
+        if map.len() >= self.max_keys && !map.contains_key(&key) {
+            let window = self.window_secs;
+            map.retain(|_, f| now - f.last_failure < window || f.blocked_until > now);
+        }
+        let f = map.entry(key).or_insert(Failures {
+            count: 0,
+            last_failure: now,
+            blocked_until: 0,
+        });
+        if now - f.last_failure >= self.window_secs {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last_failure = now;
+        if f.count >= self.threshold {
+            let doublings = (f.count - self.threshold).min(20);
+            let backoff = (self.base_backoff_secs << doublings).min(self.window_secs);
+            f.blocked_until = now + backoff;
+            return Some(backoff as u64);
+        }
+        None
+    }
+
+    /// A successful login forgets the account's failures.
+    pub fn success(&self, account: &str) {
+        if let Ok(mut map) = self.accounts.lock() {
+            map.remove(&self.key(account));
+        }
+    }
+
+    /// Forget accounts with no recent failure and no active block.
+    pub fn evict_idle(&self, now: i64) {
+        if let Ok(mut map) = self.accounts.lock() {
+            let window = self.window_secs;
+            map.retain(|_, f| now - f.last_failure < window || f.blocked_until > now);
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.accounts.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Every limiter of the accounts API, built from the configuration.
+pub struct ApiLimits {
+    /// The original's RATE_LIMITS_PUBLIC_*: unauthenticated endpoints, per client IP.
+    pub public: KeyedLimiter,
+    /// The original's RATE_LIMITS_PRIVATE_*: authenticated endpoints, per user.
+    pub private: KeyedLimiter,
+    pub registrations: KeyedLimiter,
+    pub recovery: KeyedLimiter,
+    pub resend: KeyedLimiter,
+    pub login: LoginGuard,
+}
+
+impl ApiLimits {
+    pub fn new(config: &crate::config::Config, clock: Arc<dyn Clock>) -> ApiLimits {
+        let l = &config.limits;
+        let keyed = |q: Quota| KeyedLimiter::new(q, clock.clone(), l.max_tracked_keys);
+        ApiLimits {
+            public: keyed(config.rate_limits.public),
+            private: keyed(config.rate_limits.private),
+            registrations: keyed(l.registrations_per_ip),
+            recovery: keyed(l.recovery_per_account),
+            resend: keyed(l.resend_per_account),
+            login: LoginGuard::new(l.login_failures, l.login_failure_window, l.max_tracked_keys),
+        }
+    }
+
+    pub fn evict_idle(&self, now: i64) {
+        for l in [
+            &self.public,
+            &self.private,
+            &self.registrations,
+            &self.recovery,
+            &self.resend,
+        ] {
+            l.evict_idle();
+        }
+        self.login.evict_idle(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn limiter(
+        requests: u32,
+        period_secs: u64,
+        max_keys: usize,
+    ) -> (Arc<ManualClock>, KeyedLimiter) {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let quota = Quota {
+            requests,
+            period: Duration::from_secs(period_secs),
+        };
+        (clock.clone(), KeyedLimiter::new(quota, clock, max_keys))
+    }
+
+    #[test]
+    fn exact_per_key_and_replenishing() {
+        let (clock, l) = limiter(3, 60, 1000);
+        for remaining in [2, 1, 0] {
+            let d = l.check("a");
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+        }
+        let refused = l.check("a");
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_secs, 20);
+        assert!(l.check("b").allowed, "another key has its own bucket");
+        clock.advance(20);
+        assert!(l.check("a").allowed);
+        assert!(!l.check("a").allowed);
+        clock.advance(60);
+        assert_eq!(l.check("a").remaining, 2);
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_keys() {
+        let (clock, l) = limiter(5, 60, 10_000);
+        for i in 0..100_000u32 {
+            l.check(i);
+        }
+        assert!(l.tracked() <= 10_001, "{}", l.tracked());
+        clock.advance(120);
+        l.evict_idle();
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn login_guard_backs_off_and_resets() {
+        let g = LoginGuard::new(5, Duration::from_secs(900), 1000);
+        let t = 10_000;
+        for i in 0..4 {
+            assert_eq!(g.failure("a@x.io", t + i), None);
+        }
+        assert_eq!(g.failure("A@X.io", t + 4), Some(30));
+        assert_eq!(g.blocked_for("a@x.io", t + 5), Some(29));
+        assert_eq!(
+            g.blocked_for("b@x.io", t + 5),
+            None,
+            "other accounts unaffected"
+        );
+        assert_eq!(g.failure("a@x.io", t + 40), Some(60), "back-off doubles");
+        assert_eq!(g.failure("a@x.io", t + 200), Some(120));
+        g.success("a@x.io");
+        assert_eq!(g.blocked_for("a@x.io", t + 201), None);
+        for i in 0..4 {
+            g.failure("c@x.io", t + i);
+        }
+        assert_eq!(
+            g.failure("c@x.io", t + 1000),
+            None,
+            "the window passed: counting starts over"
+        );
+    }
+}
