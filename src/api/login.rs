@@ -68,11 +68,16 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
             .logins
             .with_label_values(&["bad_credentials"])
             .inc();
+        let blocked = state.limits.login.failure(&account, req.now);
         let mut ev = event(req, "login", "failure", None);
-        ev.detail = Some("bad_credentials".into());
+        ev.detail = Some(match blocked {
+            Some(secs) => format!("bad_credentials; account throttled for {secs}s"),
+            None => "bad_credentials".into(),
+        });
         audit(state, vec![ev]).await;
         return Err(Error::BadCredentials);
     };
+    state.limits.login.success(&account);
     let refuse = if user.locked {
         Some(Error::AccountLocked)
     } else if state.config.accounts.require_email_verification && !user.email_verified {
