@@ -158,6 +158,14 @@ impl AppState {
         }
     }
 
+    /// Write the session activity not yet written, now, on this thread (at shutdown).
+    pub fn flush_activity_now(&self) {
+        let dirty = self.sessions.take_dirty();
+        if let Err(e) = self.store.touch_sessions(&dirty) {
+            tracing::error!(error = %e, "cannot write session activity at shutdown");
+        }
+    }
+
     /// Tell the mail sender that new mail is queued.
     pub fn wake_mailer(&self) {
         self.mail_wakeup.notify_one();
@@ -248,7 +256,8 @@ pub fn build_server(state: &Arc<AppState>) -> Server {
 }
 
 /// Writes session activity behind every `accounts.session_flush_seconds`, purges dead
-/// sessions (every minute) and old audit events (every hour), and flushes once more at shutdown. A crash loses at most one
+/// sessions (every minute) and old audit events (every hour). The final flush happens after
+/// the server stops (`AppState::flush_activity_now`). A crash loses at most one
 /// interval of activity stamps: those sessions then look idle that much earlier.
 struct SessionFlusher {
     state: Arc<AppState>,
@@ -262,10 +271,9 @@ impl BackgroundService for SessionFlusher {
         let mut last_session_purge = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
-                    self.state.flush_sessions(false).await;
-                    return;
-                }
+                // The last activity is written by `flush_activity_now` once the server has stopped:
+                // a task of a runtime being shut down may be dropped at any await.
+                _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(period) => {}
             }
             let purge = last_session_purge.elapsed() > Duration::from_secs(60);
@@ -338,9 +346,10 @@ pub fn run(state: Arc<AppState>) {
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnShutdown {
             inner: pingora_core::server::UnixShutdownSignalWatch,
-            state,
+            state: state.clone(),
         }),
     });
+    state.flush_activity_now();
 }
 
 /// Ask a running server's admin listener for `/readyz`; `Ok` only on 200. An unspecified
@@ -451,6 +460,13 @@ impl RunningServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+            self.state.flush_activity_now();
+            // Blocking tasks of the stopped runtimes may still hold the state (and with it the
+            // database files) for a moment: wait for them, so the data dir can be reopened.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&self.state) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }

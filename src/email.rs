@@ -9,7 +9,7 @@ use crate::store::models::Mail;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +46,9 @@ pub struct Mailer {
 
 impl Mailer {
     pub fn new(settings: &EmailSettings, data_dir: &std::path::Path) -> Result<Mailer, String> {
+        // TLS to the mail server uses rustls with ring. Name the provider explicitly: when more
+        // than one is compiled in, rustls cannot pick one by itself. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let from: Mailbox = settings
             .from
             .parse()
@@ -58,15 +61,24 @@ impl Mailer {
                 security,
                 username,
                 password,
+                ca_file,
             } => {
+                let parameters = || -> Result<TlsParameters, String> {
+                    let mut builder = TlsParameters::builder(host.clone());
+                    if let Some(path) = ca_file {
+                        let fail = |e: &dyn std::fmt::Display| {
+                            format!("email.smtp_ca_file {}: {e}", path.display())
+                        };
+                        let pem = std::fs::read(path).map_err(|e| fail(&e))?;
+                        let cert = Certificate::from_pem(&pem).map_err(|e| fail(&e))?;
+                        builder = builder.add_root_certificate(cert);
+                    }
+                    builder.build().map_err(|e| format!("email TLS: {e}"))
+                };
                 let tls = match security {
                     SmtpSecurity::Plain => Tls::None,
-                    SmtpSecurity::StartTls => Tls::Required(
-                        TlsParameters::new(host.clone()).map_err(|e| format!("email TLS: {e}"))?,
-                    ),
-                    SmtpSecurity::Tls => Tls::Wrapper(
-                        TlsParameters::new(host.clone()).map_err(|e| format!("email TLS: {e}"))?,
-                    ),
+                    SmtpSecurity::StartTls => Tls::Required(parameters()?),
+                    SmtpSecurity::Tls => Tls::Wrapper(parameters()?),
                 };
                 let mut builder =
                     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
@@ -167,25 +179,31 @@ pub async fn deliver_due(state: &Arc<AppState>) -> usize {
     for (id, mut mail) in due {
         let outcome = state.mailer.send(&mail).await;
         let store = state.store.clone();
-        let result = match outcome {
-            Ok(()) => {
-                state.metrics.mail.with_label_values(&["sent"]).inc();
-                tokio::task::spawn_blocking(move || store.remove_mail(id)).await
-            }
+        let (result, label) = match outcome {
+            Ok(()) => (
+                tokio::task::spawn_blocking(move || store.remove_mail(id)).await,
+                "sent",
+            ),
             Err(e) => {
                 mail.attempts += 1;
                 let give_up = e.permanent || mail.attempts >= state.mailer.max_attempts;
                 tracing::warn!(error = %e.message, attempts = mail.attempts, give_up, "email delivery failed");
                 if give_up {
-                    state.metrics.mail.with_label_values(&["dropped"]).inc();
-                    tokio::task::spawn_blocking(move || store.remove_mail(id)).await
+                    (
+                        tokio::task::spawn_blocking(move || store.remove_mail(id)).await,
+                        "dropped",
+                    )
                 } else {
-                    state.metrics.mail.with_label_values(&["retried"]).inc();
                     mail.next_attempt_at = now + backoff(mail.attempts);
-                    tokio::task::spawn_blocking(move || store.retry_mail(id, &mail)).await
+                    (
+                        tokio::task::spawn_blocking(move || store.retry_mail(id, &mail)).await,
+                        "retried",
+                    )
                 }
             }
         };
+        // Counted once the queue reflects it, so the metric never runs ahead of the queue.
+        state.metrics.mail.with_label_values(&[label]).inc();
         if !matches!(result, Ok(Ok(()))) {
             tracing::error!("cannot update the mail queue");
         }

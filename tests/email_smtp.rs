@@ -4,7 +4,7 @@
 mod common;
 
 use common::{client, free_port, link_token, TestServer};
-use mailin_embedded::{response, Handler, Response, Server, SslConfig};
+use mailin_embedded::{response, AuthMechanism, Handler, Response, Server, SslConfig};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +19,23 @@ struct Sink {
     received: Inbox,
     current: Arc<Mutex<(Vec<String>, Vec<u8>)>>,
     reject: bool,
+    /// Users that authenticated with AUTH PLAIN.
+    authenticated: Arc<Mutex<Vec<String>>>,
 }
 
+const SMTP_USER: &str = "mailer";
+const SMTP_PASSWORD: &str = "smtp-secret-0123";
+
 impl Handler for Sink {
+    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        if user == SMTP_USER && password == SMTP_PASSWORD {
+            self.authenticated.lock().unwrap().push(user.to_string());
+            response::AUTH_OK
+        } else {
+            response::INVALID_CREDENTIALS
+        }
+    }
+
     fn rcpt(&mut self, _to: &str) -> Response {
         if self.reject {
             response::NO_MAILBOX
@@ -50,6 +64,19 @@ impl Handler for Sink {
 
 /// Start an SMTP server on `port` (0: any); returns its port and what it receives.
 fn smtp_server(port: u16, reject: bool) -> (u16, Inbox) {
+    let (port, received, _) = smtp_server_with(port, reject, SslConfig::None);
+    (port, received)
+}
+
+/// An SMTP server with the given TLS setup (then requiring AUTH PLAIN); also returns who
+/// authenticated.
+fn smtp_server_with(
+    port: u16,
+    reject: bool,
+    ssl: SslConfig,
+) -> (u16, Inbox, Arc<Mutex<Vec<String>>>) {
+    // Two rustls providers are compiled into the tests (ring, and mailin's aws-lc-rs): pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind smtp");
     let port = listener.local_addr().unwrap().port();
     let sink = Sink {
@@ -57,16 +84,22 @@ fn smtp_server(port: u16, reject: bool) -> (u16, Inbox) {
         ..Sink::default()
     };
     let received = sink.received.clone();
+    let authenticated = sink.authenticated.clone();
+    let tls = !matches!(ssl, SslConfig::None);
     let mut server = Server::new(sink);
     server
-        .with_name("smtp.test")
-        .with_ssl(SslConfig::None)
+        .with_name("localhost")
+        .with_ssl(ssl)
         .unwrap()
         .with_tcp_listener(listener);
+    if tls {
+        // With AUTH offered, mailin requires it before MAIL.
+        server.with_auth(AuthMechanism::Plain);
+    }
     std::thread::spawn(move || {
         let _ = server.serve();
     });
-    (port, received)
+    (port, received, authenticated)
 }
 
 fn smtp_config(port: u16) -> impl FnOnce(&mut portcullis::config::RawConfig) {
@@ -164,4 +197,96 @@ fn permanently_rejected_mail_is_dropped_and_counted() {
     assert!(received.lock().unwrap().is_empty());
     assert_eq!(server.server.state.store.mail_queue_len().unwrap(), 0);
     server.login("bounce@example.com", PW);
+}
+
+/// A self-signed certificate for "localhost" in `dir`: (cert path, key path).
+fn self_signed(dir: &std::path::Path) -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join("smtp-cert.pem");
+    let key = dir.join("smtp-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+fn starttls_config(
+    port: u16,
+    ca: String,
+    password: &'static str,
+) -> impl FnOnce(&mut portcullis::config::RawConfig) {
+    move |raw| {
+        smtp_config(port)(raw);
+        raw.email.smtp_host = "localhost".into();
+        raw.email.smtp_security = "starttls".into();
+        raw.email.smtp_ca_file = ca;
+        raw.email.smtp_username = SMTP_USER.into();
+        raw.email.smtp_password = password.into();
+    }
+}
+
+#[test]
+fn starttls_with_credentials() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let (port, received, authenticated) = smtp_server_with(
+        0,
+        false,
+        SslConfig::SelfSigned {
+            cert_path: cert.clone(),
+            key_path: key,
+        },
+    );
+    let server = TestServer::start(starttls_config(port, cert, SMTP_PASSWORD));
+    server.register("tls@example.com", "tls", PW);
+    wait_until("the mail over STARTTLS", || {
+        !received.lock().unwrap().is_empty()
+    });
+    assert_eq!(
+        authenticated.lock().unwrap().as_slice(),
+        [SMTP_USER.to_string()]
+    );
+    assert_eq!(
+        received.lock().unwrap()[0].0,
+        vec!["tls@example.com".to_string()]
+    );
+}
+
+#[test]
+fn starttls_refuses_an_untrusted_certificate_and_bad_credentials_are_dropped() {
+    let certs = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let (other_cert, _) = self_signed(other.path());
+    let (port, received, _) = smtp_server_with(
+        0,
+        false,
+        SslConfig::SelfSigned {
+            cert_path: cert.clone(),
+            key_path: key.clone(),
+        },
+    );
+    // Trusting another certificate: the server's is refused, nothing is sent in the clear.
+    let untrusting = TestServer::start(starttls_config(port, other_cert, SMTP_PASSWORD));
+    untrusting.register("careful@example.com", "careful", PW);
+    wait_until("a failed attempt", || {
+        mail_metric(&untrusting, "retried") + mail_metric(&untrusting, "dropped") >= 1
+    });
+    assert!(received.lock().unwrap().is_empty());
+    // Wrong credentials: the server's 535 is permanent, the mail is dropped, the account stays.
+    let (port, received, _) = smtp_server_with(
+        0,
+        false,
+        SslConfig::SelfSigned {
+            cert_path: cert.clone(),
+            key_path: key,
+        },
+    );
+    let wrong = TestServer::start(starttls_config(port, cert, "not-the-password"));
+    wrong.register("wrong@example.com", "wrong", PW);
+    wait_until("the drop", || mail_metric(&wrong, "dropped") == 1);
+    assert!(received.lock().unwrap().is_empty());
+    wrong.login("wrong@example.com", PW);
 }

@@ -134,6 +134,8 @@ pub enum EmailTransport {
         security: SmtpSecurity,
         username: String,
         password: String,
+        /// Extra trusted root certificate (PEM) for a server with a private CA.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -784,6 +786,18 @@ impl Config {
                     security,
                     username: em.smtp_username.clone(),
                     password: em.smtp_password.clone(),
+                    ca_file: if em.smtp_ca_file.is_empty() {
+                        None
+                    } else {
+                        let path = PathBuf::from(&em.smtp_ca_file);
+                        if !path.is_file() {
+                            c.fail(
+                                "email.smtp_ca_file",
+                                format!("no such file: {}", em.smtp_ca_file),
+                            );
+                        }
+                        Some(path)
+                    },
                 }
             }
             other => {

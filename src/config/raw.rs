@@ -92,6 +92,7 @@ pub struct RawEmail {
     pub smtp_security: String,
     pub smtp_username: String,
     pub smtp_password: String,
+    pub smtp_ca_file: String,
     pub max_attempts: i64,
 }
 
@@ -344,6 +345,7 @@ impl Default for RawEmail {
             smtp_security: "starttls".into(),
             smtp_username: String::new(),
             smtp_password: String::new(),
+            smtp_ca_file: String::new(),
             max_attempts: 8,
         }
     }

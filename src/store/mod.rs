@@ -376,11 +376,8 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        // Losing the last few activity stamps in a crash is acceptable (documented): the
-        // session then looks idle slightly earlier. Skip the fsync.
-        tx.set_durability(redb::Durability::None)
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        // One durable commit per flush interval, whatever the traffic.
+        let tx = begin(&self.db)?;
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(db_err)?;
             for (id, at) in seen {
