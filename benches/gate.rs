@@ -105,5 +105,30 @@ fn bench_gate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gate);
+/// One rate-limit decision (GCRA, governor) with 100,000 keys already tracked.
+fn bench_limiter(c: &mut Criterion) {
+    use portcullis::auth::limiter::KeyedLimiter;
+    use portcullis::clock::SystemClock;
+    use portcullis::config::Quota;
+    let limiter = KeyedLimiter::new(
+        Quota {
+            requests: 1_000_000,
+            period: Duration::from_secs(60),
+        },
+        std::sync::Arc::new(SystemClock),
+        1_000_000,
+    );
+    for i in 0..100_000u64 {
+        limiter.check(i);
+    }
+    let mut i = 0u64;
+    c.bench_function("limiter/check_existing_key", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 100_000;
+            black_box(limiter.check(black_box(i)))
+        })
+    });
+}
+
+criterion_group!(benches, bench_gate, bench_limiter);
 criterion_main!(benches);
