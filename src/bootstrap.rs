@@ -4,7 +4,7 @@
 use crate::api::new_account;
 use crate::auth::password::Hasher;
 use crate::config::Config;
-use crate::store::models::{AuditEvent, User, ROLE_ADMIN};
+use crate::store::models::{AuditEvent, ROLE_ADMIN};
 use crate::store::Store;
 
 /// Create an admin account; returns its id. Secrets come from the caller (stdin or environment).
@@ -34,19 +34,7 @@ pub fn create_admin(
             None,
         ))
         .map_err(|e| e.public_message().into_owned())?;
-    let user = User {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        email: account.email,
-        nickname: account.nickname,
-        password_hash: account.password_hash,
-        passphrase_hash: account.passphrase_hash,
-        customer_account: account.customer_account,
-        role: ROLE_ADMIN.to_string(),
-        locked: false,
-        email_verified: true,
-        created_at: now,
-        updated_at: now,
-    };
+    let user = account.into_user(ROLE_ADMIN, false, true, now);
     let user = store
         .create_user(user, false, &[], None)
         .map_err(|e| crate::error::Error::from(e).public_message().into_owned())?;

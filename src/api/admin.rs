@@ -78,19 +78,7 @@ pub async fn create(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespon
     )
     .await?;
     let now = req.now;
-    let user = User {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        email: account.email,
-        nickname: account.nickname,
-        password_hash: account.password_hash,
-        passphrase_hash: account.passphrase_hash,
-        customer_account: account.customer_account,
-        role,
-        locked: body.lock.unwrap_or(false),
-        email_verified: true,
-        created_at: now,
-        updated_at: now,
-    };
+    let user = account.into_user(&role, body.lock.unwrap_or(false), true, now);
     let user = blocking(state, move |s| Ok(s.create_user(user, false, &[], None)?)).await?;
     state
         .metrics

@@ -33,6 +33,25 @@ pub struct NewAccount {
     pub customer_account: String,
 }
 
+impl NewAccount {
+    /// The user record for this account, with a fresh opaque id.
+    pub fn into_user(self, role: &str, locked: bool, email_verified: bool, now: i64) -> User {
+        User {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            email: self.email,
+            nickname: self.nickname,
+            password_hash: self.password_hash,
+            passphrase_hash: self.passphrase_hash,
+            customer_account: self.customer_account,
+            role: role.to_string(),
+            locked,
+            email_verified,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Validate and hash the fields every new account needs (registration, admin create, CLI).
 pub async fn new_account(
     policy: &crate::config::PasswordSettings,
@@ -115,19 +134,7 @@ pub async fn register(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResp
         }
     };
     let now = req.now;
-    let user = User {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        email: account.email,
-        nickname: account.nickname,
-        password_hash: account.password_hash,
-        passphrase_hash: account.passphrase_hash,
-        customer_account: account.customer_account,
-        role: ROLE_USER.to_string(),
-        locked: false,
-        email_verified: false,
-        created_at: now,
-        updated_at: now,
-    };
+    let user = account.into_user(ROLE_USER, false, false, now);
     let (mail, hash, verification) = verification_mail(state, &user, now);
     let first_admin = state.config.accounts.first_user_admin;
     let created = blocking(state, move |s| {
