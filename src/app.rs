@@ -29,6 +29,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// File names inside a backup directory.
+pub const BACKUP_MAIN: &str = "portcullis.redb";
+pub const BACKUP_AUDIT: &str = "audit.redb";
+
 /// Everything a request needs, shared by all services.
 pub struct AppState {
     pub config: Config,
@@ -156,6 +160,25 @@ impl AppState {
                 l.evict_idle();
             }
         }
+    }
+
+    /// Write a consistent copy of both databases into a new directory under
+    /// `data_dir/backups/`; returns its path. Blocks: call off the async workers.
+    pub fn backup(&self) -> Result<String, String> {
+        self.flush_activity_now();
+        let stamp = self.clock.since_epoch();
+        let dir = self.config.data_dir.join("backups").join(format!(
+            "{}-{:09}",
+            stamp.as_secs(),
+            stamp.subsec_nanos()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        self.store
+            .backup_to(&dir.join(BACKUP_MAIN), &dir.join(BACKUP_AUDIT))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(path = %dir.display(), "backup written");
+        Ok(dir.to_string_lossy().into_owned())
     }
 
     /// Write the session activity not yet written, now, on this thread (at shutdown).
@@ -350,42 +373,6 @@ pub fn run(state: Arc<AppState>) {
         }),
     });
     state.flush_activity_now();
-}
-
-/// Ask a running server's admin listener for `/readyz`; `Ok` only on 200. An unspecified
-/// listen address (0.0.0.0 / ::) is probed on loopback.
-pub fn probe_ready(admin_listen: SocketAddr) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let mut addr = admin_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let timeout = Duration::from_secs(3);
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .and_then(|_| {
-            stream
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        })
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut head = [0u8; 12];
-    stream
-        .read_exact(&mut head)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    if head.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{addr} answered {}",
-            String::from_utf8_lossy(&head[9..]).trim()
-        ))
-    }
 }
 
 /// A shutdown request delivered through a channel, for in-process servers.

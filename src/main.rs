@@ -1,4 +1,5 @@
-//! The `portcullis` command line: serve (default), check-config, healthcheck, admin create.
+//! The `portcullis` command line: serve (default), check-config, healthcheck, backup, restore,
+//! admin create.
 
 use clap::{Parser, Subcommand};
 use portcullis::app::{run, AppState};
@@ -27,6 +28,20 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Exit 0 when the running server answers /readyz on its admin listener (for HEALTHCHECK).
     Healthcheck(ConfigArg),
+    /// Have the running server write a consistent copy of both databases into DIR.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Put a backup from DIR into the configured (empty) data dir; the server must be stopped.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Manage accounts from the command line (with the server stopped).
     Admin {
         #[command(subcommand)]
@@ -95,6 +110,31 @@ fn report(errors: &[ConfigError]) {
     }
 }
 
+/// Load the configuration and run a one-shot command: exit 0 with its message, 1 with its
+/// error, 2 on an invalid configuration.
+fn run_with_config(
+    arg: &ConfigArg,
+    command: impl FnOnce(&Config) -> Result<String, String>,
+) -> ExitCode {
+    let config = match load(arg) {
+        Ok((config, _)) => config,
+        Err(errors) => {
+            report(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    match command(&config) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("portcullis: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
@@ -109,13 +149,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Healthcheck(arg) => match load(&arg) {
-            Ok((config, _)) => match portcullis::app::probe_ready(config.server.admin_listen) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("portcullis: not ready: {message}");
-                    ExitCode::from(1)
+            Ok((config, _)) => {
+                match portcullis::admin_client::probe_ready(config.server.admin_listen) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(message) => {
+                        eprintln!("portcullis: not ready: {message}");
+                        ExitCode::from(1)
+                    }
                 }
-            },
+            }
             Err(errors) => {
                 report(&errors);
                 ExitCode::from(2)
@@ -158,6 +200,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { out, config } => run_with_config(&config, |c| {
+            portcullis::backup::backup(c, &out)
+                .map(|()| format!("backup written to {}", out.display()))
+        }),
+        Command::Restore { from, config } => run_with_config(&config, |c| {
+            portcullis::backup::restore(c, &from).map(|()| {
+                format!(
+                    "restored {} into {}",
+                    from.display(),
+                    c.storage.database.display()
+                )
+            })
+        }),
         Command::Serve(arg) => {
             let config = match load(&arg) {
                 Ok((config, _)) => config,

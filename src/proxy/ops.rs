@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`. It is bound only
-//! to `server.admin_listen`; the public listener never serves these.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and `POST /backup`
+//! (a consistent copy of the databases into `data_dir/backups/`, used by `portcullis backup`).
+//! It is bound only to `server.admin_listen`; the public listener never serves these.
 
 use crate::app::AppState;
 use async_trait::async_trait;
@@ -29,6 +30,40 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if path == "/backup" {
+            if method != http::Method::POST {
+                return reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "application/json",
+                    br#"{"detail":"Method Not Allowed"}"#.to_vec(),
+                );
+            }
+            let state = self.state.clone();
+            let made = tokio::task::spawn_blocking(move || state.backup()).await;
+            return match made {
+                Ok(Ok(dir)) => {
+                    let body = serde_json::json!({ "path": dir }).to_string().into_bytes();
+                    reply(StatusCode::OK, "application/json", body)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "backup failed");
+                    reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "application/json",
+                        br#"{"detail":"Backup failed; see the server log"}"#.to_vec(),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "backup task failed");
+                    reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "application/json",
+                        br#"{"detail":"Backup failed; see the server log"}"#.to_vec(),
+                    )
+                }
+            };
+        }
         match path.as_str() {
             "/metrics" => {
                 let (content_type, body) = self.state.metrics.render();

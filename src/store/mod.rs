@@ -624,6 +624,74 @@ impl Store {
     }
 }
 
+/// Copy every entry of `table` from a read snapshot into a write transaction.
+fn copy_table<K, V>(
+    from: &redb::ReadTransaction,
+    to: &WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), StoreError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+    for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
+    for<'a> V::SelfType<'a>: std::borrow::Borrow<V::SelfType<'a>>,
+{
+    let source = from.open_table(table).map_err(db_err)?;
+    let mut target = to.open_table(table).map_err(db_err)?;
+    for entry in source.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        target.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Write a consistent copy of both databases to two new files (which must not exist): each
+    /// is copied from one read snapshot, so it holds exactly the transactions committed before
+    /// the copy began, while the server keeps serving and writing.
+    pub fn backup_to(&self, main: &Path, audit: &Path) -> Result<(), StoreError> {
+        for path in [main, audit] {
+            if path.exists() {
+                return Err(StoreError::Storage(format!(
+                    "{} already exists",
+                    path.display()
+                )));
+            }
+        }
+        let snapshot = self.db.begin_read().map_err(db_err)?;
+        let copy = Database::create(main).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let tx = begin(&copy)?;
+        copy_table(&snapshot, &tx, META)?;
+        copy_table(&snapshot, &tx, USERS)?;
+        copy_table(&snapshot, &tx, USERS_BY_EMAIL)?;
+        copy_table(&snapshot, &tx, USERS_BY_NICKNAME)?;
+        copy_table(&snapshot, &tx, SESSIONS)?;
+        copy_table(&snapshot, &tx, VERIFICATIONS)?;
+        copy_table(&snapshot, &tx, MAIL_QUEUE)?;
+        {
+            let source = snapshot
+                .open_multimap_table(USER_SESSIONS)
+                .map_err(db_err)?;
+            let mut target = tx.open_multimap_table(USER_SESSIONS).map_err(db_err)?;
+            for entry in source.iter().map_err(db_err)? {
+                let (k, values) = entry.map_err(db_err)?;
+                for v in values {
+                    target
+                        .insert(k.value(), v.map_err(db_err)?.value())
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        let audit_snapshot = self.audit.begin_read().map_err(db_err)?;
+        let audit_copy = Database::create(audit).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let tx = begin(&audit_copy)?;
+        copy_table(&audit_snapshot, &tx, META)?;
+        copy_table(&audit_snapshot, &tx, AUDIT)?;
+        tx.commit().map_err(db_err)
+    }
+}
+
 fn queue_mail(tx: &WriteTransaction, mails: &[Mail]) -> Result<(), StoreError> {
     if mails.is_empty() {
         return Ok(());
