@@ -2,13 +2,14 @@
 //! metrics, clock) and the pingora server built from it, with its background services, run
 //! either for real (Unix signals) or in-process for tests.
 
-use crate::auth::limiter::{ApiLimits, Decision, KeyedLimiter};
+use crate::auth::limiter::{ApiLimits, Decision, KeyedLimiter, LoginGuard};
 use crate::auth::password::Hasher;
 use crate::auth::sessions::SessionTable;
 use crate::auth::tokens::Identity;
 use crate::auth::{keys, tokens::TokenService};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::{ServiceToken, Sources};
 use crate::email::Mailer;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ use crate::proxy::ops::OpsApp;
 use crate::proxy::route::{PeerTimeouts, Route, RouteTable};
 use crate::proxy::Gateway;
 use crate::store::Store;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
@@ -33,29 +35,17 @@ use std::time::{Duration, Instant};
 pub const BACKUP_MAIN: &str = "portcullis.redb";
 pub const BACKUP_AUDIT: &str = "audit.redb";
 
-/// Everything a request needs, shared by all services.
-pub struct AppState {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub tokens: TokenService,
-    pub sessions: SessionTable,
-    pub hasher: Hasher,
-    pub mailer: Mailer,
+/// The parts of the configuration a reload replaces, built ready to use. A request works with
+/// the `Live` it started with from start to end.
+pub struct Live {
     pub routes: RouteTable,
     pub limits: ApiLimits,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
-    mail_wakeup: tokio::sync::Notify,
-    draining: AtomicBool,
+    pub service_tokens: Vec<ServiceToken>,
+    pub log_level: String,
 }
 
-impl AppState {
-    /// Build the state; fails with a message an operator can act on.
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, String> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
-        let key = keys::load_or_generate(&config)?;
-        let tokens = TokenService::new(&config.auth, &key);
+impl Live {
+    pub fn build(config: &Config, clock: Arc<dyn Clock>) -> Live {
         let timeouts = PeerTimeouts {
             connect: config.proxy.connect_timeout,
             read: config.proxy.read_timeout,
@@ -75,7 +65,46 @@ impl AppState {
                 })
                 .collect(),
         );
-        let limits = ApiLimits::new(&config, clock.clone());
+        Live {
+            routes,
+            limits: ApiLimits::new(config, clock),
+            service_tokens: config.auth.service_tokens.clone(),
+            log_level: config.log.level.clone(),
+        }
+    }
+}
+
+/// Everything a request needs, shared by all services.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub tokens: TokenService,
+    pub sessions: SessionTable,
+    pub hasher: Hasher,
+    pub mailer: Mailer,
+    /// What a reload (SIGHUP) replaces: routes, limits, service tokens, log level.
+    live: ArcSwap<Live>,
+    /// Failed-login counts survive reloads (its settings need a restart).
+    pub login_guard: LoginGuard,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    mail_wakeup: tokio::sync::Notify,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Build the state; fails with a message an operator can act on.
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let key = keys::load_or_generate(&config)?;
+        let tokens = TokenService::new(&config.auth, &key);
+        let live = Live::build(&config, clock.clone());
+        let login_guard = LoginGuard::new(
+            config.limits.login_failures,
+            config.limits.login_failure_window,
+            config.limits.max_tracked_keys,
+        );
         let metrics =
             Arc::new(Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?);
         let store = Store::open(&config.storage.database, &config.storage.audit_database)
@@ -101,8 +130,8 @@ impl AppState {
             sessions,
             hasher,
             mailer,
-            routes,
-            limits,
+            live: ArcSwap::from_pointee(live),
+            login_guard,
             metrics,
             clock,
             mail_wakeup: tokio::sync::Notify::new(),
@@ -154,12 +183,82 @@ impl AppState {
 
     /// Forget idle rate-limit keys everywhere.
     pub fn evict_idle_limits(&self) {
-        self.limits.evict_idle(self.clock.now());
-        for route in self.routes.routes() {
+        let live = self.live();
+        live.limits.evict_idle();
+        self.login_guard.evict_idle(self.clock.now());
+        for route in live.routes.routes() {
             if let Some(l) = &route.limiter {
                 l.evict_idle();
             }
         }
+    }
+
+    /// The routes, limits and service tokens in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replace routes, limits, service tokens and log level with those of `new`. Other changes
+    /// need a restart: they are named in the log and left as they are.
+    pub fn reload(&self, new: &Config) -> Result<(), String> {
+        let old = &self.config;
+        let mut needs_restart = Vec::new();
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&old.server, &new.server) {
+            needs_restart.push("server");
+        }
+        let (mut old_auth, mut new_auth) = (old.auth.clone(), new.auth.clone());
+        old_auth.service_tokens.clear();
+        new_auth.service_tokens.clear();
+        if differs(&old_auth, &new_auth) {
+            needs_restart.push("auth");
+        }
+        for (name, changed) in [
+            ("data_dir", old.data_dir != new.data_dir),
+            ("api", differs(&old.api, &new.api)),
+            ("proxy", differs(&old.proxy, &new.proxy)),
+            ("storage", differs(&old.storage, &new.storage)),
+            ("passwords", differs(&old.passwords, &new.passwords)),
+            ("accounts", differs(&old.accounts, &new.accounts)),
+            ("email", differs(&old.email, &new.email)),
+            ("audit", differs(&old.audit, &new.audit)),
+            ("log.format", old.log.format != new.log.format),
+        ] {
+            if changed {
+                needs_restart.push(name);
+            }
+        }
+        crate::logging::set_level(&new.log.level)?;
+        self.live
+            .store(Arc::new(Live::build(new, self.clock.clone())));
+        if !needs_restart.is_empty() {
+            tracing::warn!(sections = ?needs_restart, "configuration reloaded; changes to these sections take effect after a restart");
+        }
+        tracing::info!(routes = new.routes.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Reload from `sources`: an invalid configuration is refused and the old one keeps
+    /// serving. Logged and counted either way.
+    pub fn reload_from(&self, sources: &Sources) -> Result<(), String> {
+        let result = Config::load(sources)
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .and_then(|(config, _)| self.reload(&config));
+        match &result {
+            Ok(()) => self.metrics.reloads.with_label_values(&["success"]).inc(),
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(error = %e, "configuration reload refused; the previous configuration keeps serving");
+            }
+        }
+        result
     }
 
     /// Write a consistent copy of both databases into a new directory under
@@ -320,6 +419,37 @@ impl BackgroundService for SessionFlusher {
     }
 }
 
+/// Reloads the configuration on SIGHUP (routes, limits, service tokens, log level), keeping
+/// every open connection; an invalid configuration is refused and the old one keeps serving.
+struct ReloadOnHangup {
+    state: Arc<AppState>,
+    sources: Sources,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGHUP; reloads are disabled");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let (state, sources) = (self.state.clone(), self.sources.clone());
+                    let _ = tokio::task::spawn_blocking(move || state.reload_from(&sources)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Delivers queued mail as soon as it is queued, and retries failures when due.
 struct MailSender {
     state: Arc<AppState>,
@@ -357,12 +487,19 @@ impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for DrainOnShutdo
 
 /// Run until SIGTERM (graceful: drain within the grace period), SIGINT (fast) or SIGQUIT
 /// (graceful upgrade: hand the listening sockets to a new process).
-pub fn run(state: Arc<AppState>) {
-    let server = build_server(&state);
+pub fn run(state: Arc<AppState>, sources: Sources) {
+    let mut server = build_server(&state);
+    server.add_service(background_service(
+        "portcullis reload",
+        ReloadOnHangup {
+            state: state.clone(),
+            sources,
+        },
+    ));
     tracing::info!(
         listen = %state.config.server.listen,
         admin_listen = %state.config.server.admin_listen,
-        routes = state.routes.routes().len(),
+        routes = state.live().routes.routes().len(),
         api_prefix = %state.config.api.prefix,
         "portcullis starting"
     );

@@ -230,7 +230,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            run(state);
+            run(state, Sources::from_process(arg.config.as_deref()));
             ExitCode::SUCCESS
         }
     }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub audit_failures: IntCounter,
     /// Rate-limit decisions by scope and outcome (`allow`/`throttle`).
     pub rate_limits: IntCounterVec,
+    /// Configuration reloads by outcome (`success`/`failure`).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -121,6 +123,14 @@ impl Metrics {
             &["scope", "outcome"],
         )?;
         registry.register(Box::new(rate_limits.clone()))?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -142,6 +152,7 @@ impl Metrics {
             mail,
             audit_failures,
             rate_limits,
+            reloads,
         })
     }
 

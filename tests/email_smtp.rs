@@ -164,7 +164,10 @@ fn verification_mail_goes_out_over_smtp() {
         None,
     );
     assert_eq!(status, 200);
-    assert_eq!(mail_metric(&server, "sent"), 1);
+    // The SMTP server has the message a moment before portcullis has recorded the delivery.
+    wait_until("the delivery to be recorded", || {
+        mail_metric(&server, "sent") == 1
+    });
 }
 
 #[test]
@@ -184,7 +187,10 @@ fn mail_is_retried_until_the_server_comes_back() {
         received.lock().unwrap()[0].0,
         vec!["patient@example.com".to_string()]
     );
-    assert_eq!(mail_metric(&server, "sent"), 1);
+    // The SMTP server has the message a moment before portcullis has recorded the delivery.
+    wait_until("the delivery to be recorded", || {
+        mail_metric(&server, "sent") == 1
+    });
     assert_eq!(server.server.state.store.mail_queue_len().unwrap(), 0);
 }
 

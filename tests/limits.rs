@@ -460,10 +460,8 @@ fn a_flood_of_distinct_addresses_keeps_the_tracked_keys_bounded() {
             .status();
         assert!(status == 200 || status == 429);
     }
-    let limiter = server.server.state.routes.routes()[0]
-        .limiter
-        .as_ref()
-        .unwrap();
+    let live = server.server.state.live();
+    let limiter = live.routes.routes()[0].limiter.as_ref().unwrap();
     assert!(
         limiter.tracked() <= 201,
         "tracked {} keys",

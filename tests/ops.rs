@@ -22,14 +22,7 @@ fn admin_listener_serves_metrics_health_and_readiness() {
     assert_eq!(ok.status(), 200);
     assert_eq!(c.get(server.url("/public/x")).send().unwrap().status(), 200);
 
-    let resp = c.get(server.admin_url("/metrics")).send().unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    let text = resp.text().unwrap();
-    for needle in [
+    let needles = [
         "portcullis_requests_total{route=\"/api\",status=\"2xx\"} 1",
         "portcullis_requests_total{route=\"/api\",status=\"4xx\"} 1",
         "portcullis_requests_total{route=\"/public\",status=\"2xx\"} 1",
@@ -37,8 +30,23 @@ fn admin_listener_serves_metrics_health_and_readiness() {
         "portcullis_gate_decisions_total{decision=\"deny\",reason=\"missing_token\"} 1",
         "portcullis_request_duration_seconds_bucket{route=\"/api\"",
         "portcullis_build_info{version=\"",
-    ] {
-        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    ];
+    // Requests are counted in pingora's logging phase, just after the answer was sent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = c.get(server.admin_url("/metrics")).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        let text = resp.text().unwrap();
+        let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
         c.get(server.admin_url("/healthz")).send().unwrap().status(),

@@ -25,7 +25,7 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
     }
     let email = body.email.trim().to_string();
     let account = email.to_lowercase();
-    if let Some(wait) = state.limits.login.blocked_for(&account, req.now) {
+    if let Some(wait) = state.login_guard.blocked_for(&account, req.now) {
         state
             .metrics
             .rate_limits
@@ -68,7 +68,7 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
             .logins
             .with_label_values(&["bad_credentials"])
             .inc();
-        let blocked = state.limits.login.failure(&account, req.now);
+        let blocked = state.login_guard.failure(&account, req.now);
         let mut ev = event(req, "login", "failure", None);
         ev.detail = Some(match blocked {
             Some(secs) => format!("bad_credentials; account throttled for {secs}s"),
@@ -77,7 +77,7 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
         audit(state, vec![ev]).await;
         return Err(Error::BadCredentials);
     };
-    state.limits.login.success(&account);
+    state.login_guard.success(&account);
     let refuse = if user.locked {
         Some(Error::AccountLocked)
     } else if state.config.accounts.require_email_verification && !user.email_verified {

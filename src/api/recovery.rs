@@ -26,9 +26,11 @@ pub async fn recover(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespo
         return Err(Error::Invalid(MISMATCH.into()));
     }
     let email = body.email.trim().to_string();
-    if let Err(throttled) =
-        state.rate_check("recovery", &state.limits.recovery, email.to_lowercase())
-    {
+    if let Err(throttled) = state.rate_check(
+        "recovery",
+        &state.live().limits.recovery,
+        email.to_lowercase(),
+    ) {
         let mut ev = event(req, "recovery", "throttled", None);
         ev.detail = Some("too many attempts for this account".into());
         audit(state, vec![ev]).await;

@@ -110,7 +110,11 @@ pub(super) fn verification_mail(
 }
 
 pub async fn register(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
-    state.rate_check("registration", &state.limits.registrations, req.client_ip)?;
+    state.rate_check(
+        "registration",
+        &state.live().limits.registrations,
+        req.client_ip,
+    )?;
     let body: RegisterBody = parse_json(&req.body)?;
     let account = match new_account(
         &state.config.passwords,
@@ -213,7 +217,7 @@ struct ResendBody {
 pub async fn resend(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let body: ResendBody = parse_json(&req.body)?;
     let email = fields::email(&body.email)?;
-    state.rate_check("resend", &state.limits.resend, email.to_lowercase())?;
+    state.rate_check("resend", &state.live().limits.resend, email.to_lowercase())?;
     let user = blocking(state, move |s| Ok(s.user_by_email(&email)?)).await?;
     if let Some(user) = user.filter(|u| !u.email_verified) {
         let (mail, hash, v) = verification_mail(state, &user, req.now);

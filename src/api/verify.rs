@@ -10,12 +10,12 @@ use subtle::ConstantTimeEq;
 
 /// The name of the configured service token equal to `presented`. Every configured token is
 /// compared in constant time, so timing reveals neither which one matched nor how much.
-fn service_name<'a>(state: &'a AppState, presented: &[u8]) -> Option<&'a str> {
+fn service_name(state: &AppState, presented: &[u8]) -> Option<String> {
     let mut found = None;
-    for t in &state.config.auth.service_tokens {
+    for t in &state.live().service_tokens {
         let equal: bool = t.token.as_bytes().ct_eq(presented).into();
         if equal && found.is_none() {
-            found = Some(t.name.as_str());
+            found = Some(t.name.clone());
         }
     }
     found

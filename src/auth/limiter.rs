@@ -280,7 +280,6 @@ pub struct ApiLimits {
     pub registrations: KeyedLimiter,
     pub recovery: KeyedLimiter,
     pub resend: KeyedLimiter,
-    pub login: LoginGuard,
 }
 
 impl ApiLimits {
@@ -293,11 +292,10 @@ impl ApiLimits {
             registrations: keyed(l.registrations_per_ip),
             recovery: keyed(l.recovery_per_account),
             resend: keyed(l.resend_per_account),
-            login: LoginGuard::new(l.login_failures, l.login_failure_window, l.max_tracked_keys),
         }
     }
 
-    pub fn evict_idle(&self, now: i64) {
+    pub fn evict_idle(&self) {
         for l in [
             &self.public,
             &self.private,
@@ -307,7 +305,6 @@ impl ApiLimits {
         ] {
             l.evict_idle();
         }
-        self.login.evict_idle(now);
     }
 }
 

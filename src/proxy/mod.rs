@@ -10,7 +10,7 @@ pub mod respond;
 pub mod route;
 
 use crate::api::{self, ApiRequest};
-use crate::app::AppState;
+use crate::app::{AppState, Live};
 use crate::auth::tokens::Identity;
 use crate::error::Error;
 use crate::metrics::status_class;
@@ -52,6 +52,9 @@ pub struct RequestCtx {
     body_read: bool,
     /// The rate-limit decision that let this request through, for the `RateLimit-*` headers.
     rate: Option<crate::auth::limiter::Decision>,
+    /// The routes and limits this request was decided with (a reload does not change them
+    /// mid-request).
+    live: Option<Arc<Live>>,
 }
 
 /// Does the request carry a body that we have not read?
@@ -136,14 +139,16 @@ impl Gateway {
             }
         }
         let now = state.clock.now();
-        match state.routes.classify(&target.path, api::owns) {
+        let live = state.live();
+        ctx.live = Some(live.clone());
+        match live.routes.classify(&target.path, api::owns) {
             Destination::NotFound => Err(Error::NotFound),
             Destination::Api(rel) => {
                 ctx.served = Served::Api;
                 let rel = rel.to_string();
                 let (method, headers) = (req.method.clone(), req.headers.clone());
                 let query = target.query.clone();
-                ctx.rate = Some(self.api_rate_check(&rel, &headers, ctx.client_ip, now)?);
+                ctx.rate = Some(self.api_rate_check(&live, &rel, &headers, ctx.client_ip, now)?);
                 let body = read_api_body(session, state.config.api.max_body_bytes).await?;
                 ctx.body_read = true;
                 let api_req = ApiRequest {
@@ -198,7 +203,7 @@ impl Gateway {
             }
             Destination::Route(index) => {
                 ctx.served = Served::Route(index);
-                let route = state.routes.route(index);
+                let route = live.routes.route(index);
                 match gate::authorize(&state.tokens, &state.sessions, route, &req.headers, now) {
                     Ok(identity) => {
                         if route.auth == crate::config::RouteAuth::Required {
@@ -236,6 +241,7 @@ impl Gateway {
     /// per client IP on the others and for callers without a valid token.
     fn api_rate_check(
         &self,
+        live: &Live,
         path: &str,
         headers: &http::HeaderMap,
         client_ip: Option<IpAddr>,
@@ -250,19 +256,20 @@ impl Gateway {
             if let Some(identity) = user {
                 return state.rate_check(
                     "api_private",
-                    &state.limits.private,
+                    &live.limits.private,
                     identity.user_id.as_str(),
                 );
             }
         }
-        state.rate_check("api_public", &state.limits.public, client_ip)
+        state.rate_check("api_public", &live.limits.public, client_ip)
     }
 
-    fn route_label(&self, served: Served) -> &str {
-        match served {
-            Served::Unrouted => "none",
-            Served::Api => "api",
-            Served::Route(i) => &self.state.routes.route(i).path,
+    /// The route a request went to, for metrics and logs: its path, `api`, or `none`.
+    fn route_label(ctx: &RequestCtx) -> &str {
+        match (ctx.served, &ctx.live) {
+            (Served::Route(i), Some(live)) => &live.routes.route(i).path,
+            (Served::Api, _) => "api",
+            _ => "none",
         }
     }
 }
@@ -283,6 +290,7 @@ impl ProxyHttp for Gateway {
             outcome: None,
             body_read: false,
             rate: None,
+            live: None,
         }
     }
 
@@ -334,8 +342,8 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<Box<HttpPeer>> {
-        match ctx.served {
-            Served::Route(i) => Ok(Box::new(self.state.routes.route(i).next_peer())),
+        match (ctx.served, &ctx.live) {
+            (Served::Route(i), Some(live)) => Ok(Box::new(live.routes.route(i).next_peer())),
             _ => Err(pingora_error::Error::explain(
                 ErrorType::InternalError,
                 "no route chosen before upstream_peer",
@@ -412,7 +420,7 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Downstream, _) => Some(Error::BadRequest("Malformed request")),
             _ => Some(Error::Internal(e.to_string())),
         };
-        let label = self.route_label(ctx.served).to_string();
+        let label = Self::route_label(ctx).to_string();
         match &err {
             Some(Error::UpstreamTimeout) => {
                 self.state
@@ -462,7 +470,7 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
-        let route = self.route_label(ctx.served);
+        let route = Self::route_label(ctx);
         let metrics = &self.state.metrics;
         metrics
             .requests
