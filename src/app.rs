@@ -322,7 +322,14 @@ impl AppState {
 
 /// Build the pingora server: the public proxy listener and the admin listener.
 pub fn build_server(state: &Arc<AppState>) -> Server {
-    let c = &state.config;
+    let mut server = new_server(&state.config, false);
+    add_services(&mut server, state);
+    server
+}
+
+/// The pingora server for `c`, bootstrapped: with `upgrade`, this waits for a running old
+/// process (sent SIGQUIT) to hand over its listening sockets.
+pub fn new_server(c: &Config, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: c.server.threads,
         grace_period_seconds: Some(c.server.grace_period.as_secs()),
@@ -339,9 +346,18 @@ pub fn build_server(state: &Arc<AppState>) -> Server {
             .into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    server
+}
 
+/// Add the proxy, the admin listener and the background services.
+pub fn add_services(server: &mut Server, state: &Arc<AppState>) {
+    let c = &state.config;
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway {
@@ -374,7 +390,6 @@ pub fn build_server(state: &Arc<AppState>) -> Server {
             state: state.clone(),
         },
     ));
-    server
 }
 
 /// Writes session activity behind every `accounts.session_flush_seconds`, purges dead
@@ -488,7 +503,32 @@ impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for DrainOnShutdo
 /// Run until SIGTERM (graceful: drain within the grace period), SIGINT (fast) or SIGQUIT
 /// (graceful upgrade: hand the listening sockets to a new process).
 pub fn run(state: Arc<AppState>, sources: Sources) {
-    let mut server = build_server(&state);
+    let server = new_server(&state.config, false);
+    run_on(server, state, sources);
+}
+
+/// Take over from a running old process (zero-downtime upgrade): receive its listening sockets
+/// once it is sent SIGQUIT, wait until it has released the database files, then serve. New
+/// connections wait in the kernel's accept queue meanwhile; none is refused.
+pub fn upgrade(config: Config, clock: Arc<dyn Clock>, sources: Sources) -> Result<(), String> {
+    let server = new_server(&config, true);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let state = loop {
+        match AppState::new(config.clone(), clock.clone()) {
+            Ok(state) => break Arc::new(state),
+            Err(e) if e.contains("already open") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!("took over from the old process");
+    run_on(server, state, sources);
+    Ok(())
+}
+
+fn run_on(mut server: Server, state: Arc<AppState>, sources: Sources) {
+    add_services(&mut server, &state);
     server.add_service(background_service(
         "portcullis reload",
         ReloadOnHangup {

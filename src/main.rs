@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default when no command is given).
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Print the effective configuration with secrets masked, or list every problem.
     CheckConfig(ConfigArg),
     /// Exit 0 when the running server answers /readyz on its admin listener (for HEALTHCHECK).
@@ -89,6 +89,16 @@ fn read_secrets() -> Result<(String, String), String> {
 }
 
 #[derive(clap::Args, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Take over the listening sockets of a running portcullis (send it SIGQUIT after starting
+    /// this one): a zero-downtime upgrade.
+    #[arg(long)]
+    upgrade: bool,
+}
+
+#[derive(clap::Args, Default)]
 struct ConfigArg {
     /// TOML config file [default: config/default.toml when present; env PORTCULLIS_CONFIG]
     #[arg(long, short)]
@@ -137,7 +147,7 @@ fn run_with_config(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ConfigArg::default())) {
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::CheckConfig(arg) => match load(&arg) {
             Ok((_, raw)) => {
                 print!("{}", raw.to_masked_toml());
@@ -213,7 +223,10 @@ fn main() -> ExitCode {
                 )
             })
         }),
-        Command::Serve(arg) => {
+        Command::Serve(ServeArgs {
+            config: arg,
+            upgrade,
+        }) => {
             let config = match load(&arg) {
                 Ok((config, _)) => config,
                 Err(errors) => {
@@ -222,6 +235,17 @@ fn main() -> ExitCode {
                 }
             };
             portcullis::logging::init(&config.log);
+            let sources = Sources::from_process(arg.config.as_deref());
+            if upgrade {
+                return match portcullis::app::upgrade(config, Arc::new(SystemClock), sources) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(message) => {
+                        tracing::error!(error = %message, "cannot take over");
+                        eprintln!("portcullis: cannot take over: {message}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
             let state = match AppState::new(config, Arc::new(SystemClock)) {
                 Ok(state) => Arc::new(state),
                 Err(message) => {
@@ -230,7 +254,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            run(state, Sources::from_process(arg.config.as_deref()));
+            run(state, sources);
             ExitCode::SUCCESS
         }
     }
