@@ -224,6 +224,25 @@ impl AppState {
             ("email", differs(&old.email, &new.email)),
             ("audit", differs(&old.audit, &new.audit)),
             ("log.format", old.log.format != new.log.format),
+            (
+                "limits (max_tracked_keys, login guard, header size, body timeout)",
+                differs(
+                    &(
+                        old.limits.max_tracked_keys,
+                        old.limits.login_failures,
+                        old.limits.login_failure_window,
+                        old.limits.max_header_bytes,
+                        old.limits.body_read_timeout,
+                    ),
+                    &(
+                        new.limits.max_tracked_keys,
+                        new.limits.login_failures,
+                        new.limits.login_failure_window,
+                        new.limits.max_header_bytes,
+                        new.limits.body_read_timeout,
+                    ),
+                ),
+            ),
         ] {
             if changed {
                 needs_restart.push(name);
@@ -271,6 +290,18 @@ impl AppState {
             stamp.as_secs(),
             stamp.subsec_nanos()
         ));
+        // Backups wait here until `portcullis backup` moves them out; keep at most two
+        // uncollected ones so that repeated requests cannot fill the disk.
+        let parent = self.config.data_dir.join("backups");
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            let mut old: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            old.sort();
+            while old.len() >= 2 {
+                let oldest = old.remove(0);
+                tracing::warn!(path = %oldest.display(), "removing an uncollected backup");
+                let _ = std::fs::remove_dir_all(oldest);
+            }
+        }
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         self.store
