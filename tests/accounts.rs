@@ -208,6 +208,14 @@ fn unknown_email_and_wrong_password_look_the_same() {
         "{m}"
     );
     assert!(m.contains("portcullis_password_hash_seconds_count"), "{m}");
+    server.login("real@example.com", PW);
+    let m = client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(m.contains("portcullis_sessions_active 1"), "{m}");
 }
 
 #[test]

@@ -66,6 +66,9 @@ impl ServeHttp for OpsApp {
         }
         match path.as_str() {
             "/metrics" => {
+                // Gauges of live state are read at scrape time.
+                let sessions = self.state.sessions.len() as i64;
+                self.state.metrics.sessions.set(sessions);
                 let (content_type, body) = self.state.metrics.render();
                 reply(StatusCode::OK, &content_type, body)
             }
