@@ -659,7 +659,9 @@ impl RunningServer {
             // Blocking tasks of the stopped runtimes may still hold the state (and with it the
             // database files) for a moment: wait for them, so the data dir can be reopened.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(&self.state) > 1 && Instant::now() < deadline {
+            while (Arc::strong_count(&self.state) > 1 || Arc::strong_count(&self.state.store) > 1)
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }

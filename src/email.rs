@@ -6,7 +6,8 @@
 use crate::app::AppState;
 use crate::config::{EmailSettings, EmailTransport, SmtpSecurity};
 use crate::store::models::Mail;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::Body;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -109,12 +110,25 @@ impl Mailer {
             .to
             .parse()
             .map_err(|e| permanent(format!("bad recipient: {e}")))?;
-        let message = Message::builder()
+        let builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.as_str())
-            .header(ContentType::TEXT_PLAIN)
-            .body(mail.body.clone())
+            .header(ContentType::TEXT_PLAIN);
+        // Plain ASCII with short lines goes as 7bit, so links stay readable and copyable in
+        // the outbox and in raw mail; anything else lets lettre pick an encoding.
+        // (lettre itself picks quoted-printable for lines over 76 characters, which breaks links;
+        // RFC 5322 allows 998.)
+        let text = mail.body.replace("\r\n", "\n").replace('\n', "\r\n");
+        let seven_bit = text.bytes().all(|b| b.is_ascii() && b != 0)
+            && text.split("\r\n").all(|line| line.len() <= 998);
+        let body = if seven_bit {
+            Body::dangerous_pre_encoded(text.into_bytes(), ContentTransferEncoding::SevenBit)
+        } else {
+            Body::new(text)
+        };
+        let message = builder
+            .body(body)
             .map_err(|e| permanent(format!("cannot build message: {e}")))?;
         match &self.transport {
             Transport::Outbox(dir) => {
@@ -127,7 +141,11 @@ impl Mailer {
                         chrono_like_stamp(),
                         uuid::Uuid::new_v4().simple()
                     );
-                    std::fs::write(dir.join(name), bytes)
+                    // Written under a temporary name, then renamed: a reader never sees half a
+                    // message.
+                    let partial = dir.join(format!(".{name}.partial"));
+                    std::fs::write(&partial, bytes)?;
+                    std::fs::rename(&partial, dir.join(name))
                 })
                 .await
                 .map_err(|e| SendError {

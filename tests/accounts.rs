@@ -602,3 +602,44 @@ fn session_activity_is_written_behind_and_survives_a_restart() {
         200
     );
 }
+
+#[test]
+fn mail_is_readable_in_the_outbox_and_non_ascii_names_are_encoded() {
+    let server = TestServer::start(|_| {});
+    server.register("plain@example.com", "plain", PW);
+    server.register("zoe@example.com", "Zoë", PW);
+    let raw = |to: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let dir = server.data_dir().join("outbox");
+            let found = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .find_map(|e| {
+                    if e.path().extension().is_none_or(|x| x != "eml") {
+                        return None;
+                    }
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    text.contains(&format!("To: {to}")).then_some(text)
+                });
+            if let Some(text) = found {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "no mail to {to}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let plain = raw("plain@example.com");
+    assert!(plain.contains("Content-Transfer-Encoding: 7bit"), "{plain}");
+    assert!(
+        plain.contains("/auth/verify-email?token="),
+        "the link is copyable as is: {plain}"
+    );
+    let zoe = raw("zoe@example.com");
+    assert!(!zoe.contains("Zoë"), "non-ASCII is transfer-encoded: {zoe}");
+    assert!(
+        common::decode_quoted_printable(&zoe).contains("Zoë") || zoe.contains("base64"),
+        "{zoe}"
+    );
+}

@@ -291,7 +291,12 @@ impl TestServer {
     pub fn outbox(&self) -> Vec<String> {
         let dir = self.data_dir().join("outbox");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .map(|it| it.filter_map(Result::ok).map(|e| e.path()).collect())
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
             .unwrap_or_default();
         files.sort();
         files
@@ -352,6 +357,9 @@ pub fn link_token(mail: &str) -> String {
 
 /// Undo quoted-printable soft line breaks and escapes, so tests can read links in mail bodies.
 pub fn decode_quoted_printable(text: &str) -> String {
+    if !text.contains("Content-Transfer-Encoding: quoted-printable") {
+        return text.to_string();
+    }
     let joined = text.replace("=\r\n", "");
     let bytes = joined.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
