@@ -7,7 +7,7 @@ use super::{
     audit, authenticated, blocking, event, fields, parse_json, user_view, ApiRequest, ApiResponse,
 };
 use crate::app::AppState;
-use crate::auth::password::{check_policy, normalize_password};
+use crate::auth::password::normalize_password;
 use crate::email::compose;
 use crate::error::Error;
 use serde::Deserialize;
@@ -32,30 +32,22 @@ struct UpdateBody {
 pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let (identity, user) = authenticated(state, req).await?;
     let body: UpdateBody = parse_json(&req.body)?;
-    let nickname = body.nickname.as_deref().map(fields::nickname).transpose()?;
-    let email = body.email.as_deref().map(fields::email).transpose()?;
-    let customer_account = body
-        .customer_account
-        .as_deref()
-        .map(fields::customer_account)
-        .transpose()?;
-    let passphrase = body
-        .passphrase
-        .as_deref()
-        .map(fields::passphrase)
-        .transpose()?;
     let policy = &state.config.passwords;
-    let password = match body.password.as_deref() {
-        Some(p) => {
-            fields::password_size(p, policy.max_length)?;
-            let p = normalize_password(p);
-            let email_ctx = email.clone().unwrap_or_else(|| user.email.clone());
-            let nick_ctx = nickname.clone().unwrap_or_else(|| user.nickname.clone());
-            check_policy(policy, &p, &[&email_ctx, &nick_ctx]).map_err(Error::Invalid)?;
-            Some(p)
-        }
-        None => None,
-    };
+    let fields::ProfileChanges {
+        nickname,
+        email,
+        customer_account,
+        passphrase,
+        password,
+    } = fields::ProfileChanges::validate(
+        policy,
+        &user,
+        body.nickname.as_deref(),
+        body.email.as_deref(),
+        body.customer_account.as_deref(),
+        body.passphrase.as_deref(),
+        body.password.as_deref(),
+    )?;
     let email_changes = email
         .as_ref()
         .is_some_and(|e| !e.eq_ignore_ascii_case(&user.email));

@@ -8,7 +8,6 @@ use super::{
     ApiResponse,
 };
 use crate::app::AppState;
-use crate::auth::password::{check_policy, normalize_password};
 use crate::error::Error;
 use crate::store::models::{AuditEvent, AuditFilter, User, ROLE_ADMIN, ROLE_USER};
 use http::StatusCode;
@@ -137,37 +136,22 @@ pub async fn update(
     let (_, admin) = admin_caller(state, req).await?;
     let user = target(state, id).await?;
     let body: AdminUpdateBody = parse_json(&req.body)?;
-    let nickname = body.nickname.as_deref().map(fields::nickname).transpose()?;
-    let email = body.email.as_deref().map(fields::email).transpose()?;
-    let customer_account = body
-        .customer_account
-        .as_deref()
-        .map(fields::customer_account)
-        .transpose()?;
     let role = body.role.as_deref().map(fields::role).transpose()?;
-    let passphrase = body
-        .passphrase
-        .as_deref()
-        .map(fields::passphrase)
-        .transpose()?;
-    let policy = &state.config.passwords;
-    let password = match body.password.as_deref() {
-        Some(p) => {
-            fields::password_size(p, policy.max_length)?;
-            let p = normalize_password(p);
-            check_policy(
-                policy,
-                &p,
-                &[
-                    email.as_deref().unwrap_or(&user.email),
-                    nickname.as_deref().unwrap_or(&user.nickname),
-                ],
-            )
-            .map_err(Error::Invalid)?;
-            Some(p)
-        }
-        None => None,
-    };
+    let fields::ProfileChanges {
+        nickname,
+        email,
+        customer_account,
+        passphrase,
+        password,
+    } = fields::ProfileChanges::validate(
+        &state.config.passwords,
+        &user,
+        body.nickname.as_deref(),
+        body.email.as_deref(),
+        body.customer_account.as_deref(),
+        body.passphrase.as_deref(),
+        body.password.as_deref(),
+    )?;
     let demoting = user.is_admin() && role.as_deref().is_some_and(|r| r != ROLE_ADMIN);
     let locking = body.lock == Some(true) && !user.locked;
     if user.is_admin() && (demoting || locking) {

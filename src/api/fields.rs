@@ -93,6 +93,54 @@ pub fn role(raw: &str) -> Result<String, Error> {
     }
 }
 
+/// The profile fields an update may carry (self-service or admin), validated and normalized;
+/// the new password has passed the policy. Secrets are not hashed yet.
+pub struct ProfileChanges {
+    pub nickname: Option<String>,
+    pub email: Option<String>,
+    pub customer_account: Option<String>,
+    pub passphrase: Option<String>,
+    pub password: Option<String>,
+}
+
+impl ProfileChanges {
+    pub fn validate(
+        policy: &crate::config::PasswordSettings,
+        current: &crate::store::models::User,
+        nickname: Option<&str>,
+        email: Option<&str>,
+        customer_account: Option<&str>,
+        passphrase: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<ProfileChanges, Error> {
+        let nickname = nickname.map(self::nickname).transpose()?;
+        let email = email.map(self::email).transpose()?;
+        let customer_account = customer_account.map(self::customer_account).transpose()?;
+        let passphrase = passphrase.map(self::passphrase).transpose()?;
+        let password = match password {
+            Some(p) => {
+                password_size(p, policy.max_length)?;
+                let p = crate::auth::password::normalize_password(p);
+                let context = [
+                    email.as_deref().unwrap_or(&current.email),
+                    nickname.as_deref().unwrap_or(&current.nickname),
+                ];
+                crate::auth::password::check_policy(policy, &p, &context)
+                    .map_err(Error::Invalid)?;
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(ProfileChanges {
+            nickname,
+            email,
+            customer_account,
+            passphrase,
+            password,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
