@@ -13,13 +13,15 @@ use crate::error::Error;
 use serde::Deserialize;
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/my_account/", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's account", body = super::openapi::UserView), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn show(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let (_, user) = authenticated(state, req).await?;
     Ok(ApiResponse::ok(user_view(state, &user, req.now)))
 }
 
 /// Fields a user may change; anything else in the body is ignored.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateBody {
     nickname: Option<String>,
     email: Option<String>,
@@ -29,6 +31,8 @@ struct UpdateBody {
     current_password: Option<String>,
 }
 
+#[utoipa::path(put, path = "/my_account/", tag = "self-service", security(("bearer" = [])), request_body = UpdateBody,
+    responses((status = 200, description = "Updated", body = super::openapi::Message), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let (identity, user) = authenticated(state, req).await?;
     let body: UpdateBody = parse_json(&req.body)?;
@@ -160,6 +164,8 @@ pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespon
     ))
 }
 
+#[utoipa::path(delete, path = "/my_account/delete", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, description = "Account deleted", body = super::openapi::Detail), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn delete(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let (_, user) = authenticated(state, req).await?;
     if user.is_admin() {

@@ -38,6 +38,9 @@ fn admin_event(
     ev
 }
 
+#[utoipa::path(get, path = "/accounts_management/", tag = "administration", security(("bearer" = [])),
+    params(("skip" = Option<u64>, Query, description = "Accounts to skip"), ("limit" = Option<u64>, Query, description = "At most accounts.max_page_size")),
+    responses((status = 200, description = "Accounts in id order", body = Vec<super::openapi::UserView>), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
 pub async fn list(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     admin_caller(state, req).await?;
     let max = state.config.accounts.max_page_size as u64;
@@ -48,7 +51,7 @@ pub async fn list(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse
     Ok(ApiResponse::ok(serde_json::Value::Array(views)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     email: String,
     nickname: String,
@@ -62,6 +65,8 @@ struct CreateBody {
     lock: Option<bool>,
 }
 
+#[utoipa::path(post, path = "/accounts_management/", tag = "administration", security(("bearer" = [])), request_body = CreateBody,
+    responses((status = 201, description = "Created", body = super::openapi::UserView), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
 pub async fn create(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let (_, admin) = admin_caller(state, req).await?;
     let body: CreateBody = parse_json(&req.body)?;
@@ -111,13 +116,16 @@ async fn target(state: &Arc<AppState>, id: &str) -> Result<User, Error> {
         .ok_or(Error::NotFound)
 }
 
+#[utoipa::path(get, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, description = "The account", body = super::openapi::UserView), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail)))]
 pub async fn show(state: &Arc<AppState>, req: &ApiRequest, id: &str) -> Result<ApiResponse, Error> {
     admin_caller(state, req).await?;
     let user = target(state, id).await?;
     Ok(ApiResponse::ok(user_view(state, &user, req.now)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AdminUpdateBody {
     nickname: Option<String>,
     email: Option<String>,
@@ -128,6 +136,9 @@ struct AdminUpdateBody {
     lock: Option<bool>,
 }
 
+#[utoipa::path(put, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])), request_body = AdminUpdateBody,
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, description = "Updated; role, lock and password changes end the user's sessions", body = super::openapi::Message), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
 pub async fn update(
     state: &Arc<AppState>,
     req: &ApiRequest,
@@ -228,6 +239,9 @@ pub async fn update(
     ))
 }
 
+#[utoipa::path(delete, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, description = "Deleted", body = super::openapi::Message), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail)))]
 pub async fn delete(
     state: &Arc<AppState>,
     req: &ApiRequest,
@@ -258,6 +272,11 @@ pub async fn delete(
 }
 
 /// `GET /audit?user=&kind=&since=&until=&before=&limit=`, newest first.
+#[utoipa::path(get, path = "/audit", tag = "administration", security(("bearer" = [])),
+    params(("user" = Option<String>, Query, description = "User id"), ("kind" = Option<String>, Query, description = "Event kind"),
+        ("since" = Option<i64>, Query, description = "Unix seconds"), ("until" = Option<i64>, Query, description = "Unix seconds"),
+        ("before" = Option<u64>, Query, description = "Sequence number to page before"), ("limit" = Option<u64>, Query, description = "At most 1000")),
+    responses((status = 200, description = "Events, newest first", body = super::openapi::AuditPage), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
 pub async fn audit_log(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     admin_caller(state, req).await?;
     let opt_number = |name: &str| -> Result<Option<i64>, Error> {

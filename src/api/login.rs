@@ -9,12 +9,16 @@ use crate::store::models::Session;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginBody {
     email: String,
     password: String,
 }
 
+#[utoipa::path(post, path = "/login", tag = "sessions", request_body = LoginBody,
+    responses((status = 200, description = "A new session and its access token", body = super::openapi::LoginResponse),
+        (status = 401, description = "Unknown email or wrong password (indistinguishable)", body = super::openapi::Detail),
+        (status = 403, description = "Account locked or email not verified", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let body: LoginBody = parse_json(&req.body)?;
     let max = state.config.passwords.max_length;
@@ -147,6 +151,8 @@ pub async fn login(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespons
     })
 }
 
+#[utoipa::path(post, path = "/logout", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, description = "This session ended", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail)))]
 pub async fn logout(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let identity = state.authenticate(&req.headers, req.now)?;
     let sid = identity.session_id.clone();

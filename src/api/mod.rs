@@ -5,6 +5,7 @@ mod account;
 mod admin;
 pub mod fields;
 mod login;
+pub mod openapi;
 mod recovery;
 mod register;
 
@@ -82,6 +83,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     ),
     ("/verify", &[Method::POST]),
     ("/audit", &[Method::GET]),
+    ("/openapi.json", &[Method::GET]),
 ];
 
 /// The endpoint pattern a path matches (a trailing slash is ignored), and the `{id}` if any.
@@ -110,7 +112,12 @@ pub fn is_public(path: &str) -> bool {
     matches!(
         endpoint(path).map(|(p, _, _)| p),
         None | Some(
-            "/" | "/register" | "/login" | "/recovery" | "/verify-email" | "/verify-email/resend"
+            "/" | "/register"
+                | "/login"
+                | "/recovery"
+                | "/verify-email"
+                | "/verify-email/resend"
+                | "/openapi.json"
         )
     )
 }
@@ -157,6 +164,7 @@ pub async fn handle(state: &Arc<AppState>, req: ApiRequest) -> Result<ApiRespons
         }
         ("/verify", _) => verify::verify(state, &req).await,
         ("/audit", _) => admin::audit_log(state, &req).await,
+        ("/openapi.json", _) => Ok(ApiResponse::ok(openapi::document(&state.config.api.prefix))),
         _ => Err(Error::NotFound),
     }
 }

@@ -9,7 +9,7 @@ use crate::error::Error;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RecoveryBody {
     email: String,
     passphrase: String,
@@ -18,6 +18,9 @@ struct RecoveryBody {
 
 const MISMATCH: &str = "Invalid email or passphrase";
 
+#[utoipa::path(post, path = "/recovery", tag = "recovery", request_body = RecoveryBody,
+    responses((status = 200, description = "Password replaced; every session ended", body = super::openapi::Message),
+        (status = 400, description = "Wrong passphrase or unknown email (indistinguishable), or a weak password", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn recover(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let body: RecoveryBody = parse_json(&req.body)?;
     let policy = &state.config.passwords;

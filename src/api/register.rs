@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RegisterBody {
     email: String,
     nickname: String,
@@ -109,6 +109,8 @@ pub(super) fn verification_mail(
     (mail, hash, v)
 }
 
+#[utoipa::path(post, path = "/register", tag = "registration", request_body = RegisterBody,
+    responses((status = 201, description = "Account created; a verification link is mailed", body = super::openapi::Created), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn register(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     state.rate_check(
         "registration",
@@ -174,6 +176,9 @@ pub async fn register(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResp
     ))
 }
 
+#[utoipa::path(get, path = "/verify-email", tag = "registration",
+    params(("token" = String, Query, description = "The token from the emailed link")),
+    responses((status = 200, description = "Address verified", body = super::openapi::Message), (status = 400, description = "Unknown, used or expired link", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn verify_email(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let token = query_param(req, "token").unwrap_or_default();
     if token.is_empty() || token.len() > 128 {
@@ -208,12 +213,14 @@ pub async fn verify_email(state: &Arc<AppState>, req: &ApiRequest) -> Result<Api
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ResendBody {
     email: String,
 }
 
 /// Always answers the same, whether or not the address is registered.
+#[utoipa::path(post, path = "/verify-email/resend", tag = "registration", request_body = ResendBody,
+    responses((status = 202, description = "Same answer whether or not the address is registered", body = super::openapi::Message), (status = 422, description = "Malformed body", body = super::openapi::Detail), (status = 429, description = "Rate limited", body = super::openapi::Detail)))]
 pub async fn resend(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let body: ResendBody = parse_json(&req.body)?;
     let email = fields::email(&body.email)?;

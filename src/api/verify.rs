@@ -21,6 +21,9 @@ fn service_name(state: &AppState, presented: &[u8]) -> Option<String> {
     found
 }
 
+#[utoipa::path(post, path = "/verify", tag = "inter-service", security(("bearer" = [], "service_token" = [])),
+    responses((status = 200, description = "Who the bearer token belongs to; counts as activity", body = super::openapi::VerifyResponse),
+        (status = 404, description = "Missing or unknown X-Service-Token", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail)))]
 pub async fn verify(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
     let presented = req
         .headers

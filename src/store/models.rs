@@ -62,7 +62,7 @@ pub struct Mail {
 
 /// One audit log entry. Free text fields are escaped by the JSON encoding, so user-supplied
 /// text cannot forge entries.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Sequence number, assigned by the store.
     #[serde(default)]
