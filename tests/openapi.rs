@@ -81,3 +81,79 @@ fn the_openapi_document_describes_every_endpoint() {
         .iter()
         .any(|f| f == "passphrase"));
 }
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[test]
+fn the_docs_page_renders_offline_in_a_browser() {
+    let server = TestServer::start(|_| {});
+    // The page and every asset come from portcullis itself.
+    let page = client().get(server.url("/auth/docs")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no outside assets: {html}"
+    );
+    for asset in [
+        "/auth/docs/swagger-ui.css",
+        "/auth/docs/swagger-ui-bundle.js",
+        "/auth/docs/init.js",
+    ] {
+        assert!(html.contains(asset), "{asset} not referenced");
+        let resp = client().get(server.url(asset)).send().unwrap();
+        assert_eq!(resp.status(), 200, "{asset}");
+        assert!(resp.bytes().unwrap().len() > 100, "{asset}");
+    }
+    // Rendered by a real browser: the operations appear in the DOM.
+    let browser = chromium().expect("chromium is installed by the README's test command");
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(server.url("/auth/docs"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "portcullis accounts API",
+        "/register",
+        "/login",
+        "/accounts_management/{id}",
+        "/verify",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "{needle} not rendered; DOM:\n{}",
+            &dom[..dom.len().min(3000)]
+        );
+    }
+    assert!(
+        dom.contains("opblock"),
+        "Swagger UI did not render operations"
+    );
+}

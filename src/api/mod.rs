@@ -38,13 +38,22 @@ pub struct ApiRequest {
     pub now: i64,
 }
 
-/// A successful API answer: a status and a JSON body.
+/// A successful API answer: a status and a JSON body (or, for the docs page, raw bytes).
 #[derive(Debug)]
 pub struct ApiResponse {
     pub status: StatusCode,
     pub body: serde_json::Value,
     /// Token responses must not be cached (RFC 6749 §5.1).
     pub no_store: bool,
+    /// A non-JSON answer: its content type, body and extra headers.
+    pub raw: Option<RawBody>,
+}
+
+#[derive(Debug)]
+pub struct RawBody {
+    pub content_type: &'static str,
+    pub bytes: Bytes,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiResponse {
@@ -53,6 +62,7 @@ impl ApiResponse {
             status: StatusCode::OK,
             body,
             no_store: false,
+            raw: None,
         }
     }
 
@@ -61,6 +71,7 @@ impl ApiResponse {
             status,
             body,
             no_store: false,
+            raw: None,
         }
     }
 }
@@ -84,6 +95,10 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     ("/verify", &[Method::POST]),
     ("/audit", &[Method::GET]),
     ("/openapi.json", &[Method::GET]),
+    ("/docs", &[Method::GET]),
+    ("/docs/swagger-ui.css", &[Method::GET]),
+    ("/docs/swagger-ui-bundle.js", &[Method::GET]),
+    ("/docs/init.js", &[Method::GET]),
 ];
 
 /// The endpoint pattern a path matches (a trailing slash is ignored), and the `{id}` if any.
@@ -118,6 +133,10 @@ pub fn is_public(path: &str) -> bool {
                 | "/verify-email"
                 | "/verify-email/resend"
                 | "/openapi.json"
+                | "/docs"
+                | "/docs/swagger-ui.css"
+                | "/docs/swagger-ui-bundle.js"
+                | "/docs/init.js"
         )
     )
 }
@@ -165,6 +184,9 @@ pub async fn handle(state: &Arc<AppState>, req: ApiRequest) -> Result<ApiRespons
         ("/verify", _) => verify::verify(state, &req).await,
         ("/audit", _) => admin::audit_log(state, &req).await,
         ("/openapi.json", _) => Ok(ApiResponse::ok(openapi::document(&state.config.api.prefix))),
+        (docs, _) if docs.starts_with("/docs") => {
+            Ok(openapi::docs_page(docs, &state.config.api.prefix))
+        }
         _ => Err(Error::NotFound),
     }
 }

@@ -141,3 +141,52 @@ pub fn document(prefix: &str) -> serde_json::Value {
         .build()]);
     serde_json::to_value(&doc).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
+
+const DOCS_HTML: &str = include_str!("../../assets/swagger-ui/index.html");
+const DOCS_INIT: &str = include_str!("../../assets/swagger-ui/init.js");
+const SWAGGER_CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
+const SWAGGER_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
+
+/// The interactive documentation page and its assets, all served by portcullis (no CDN).
+pub fn docs_page(path: &str, prefix: &str) -> super::ApiResponse {
+    let (content_type, bytes, cache) = match path.trim_end_matches('/') {
+        "/docs/swagger-ui.css" => (
+            "text/css; charset=utf-8",
+            bytes::Bytes::from_static(SWAGGER_CSS),
+            true,
+        ),
+        "/docs/swagger-ui-bundle.js" => (
+            "text/javascript; charset=utf-8",
+            bytes::Bytes::from_static(SWAGGER_JS),
+            true,
+        ),
+        "/docs/init.js" => (
+            "text/javascript; charset=utf-8",
+            bytes::Bytes::from_static(DOCS_INIT.as_bytes()),
+            true,
+        ),
+        _ => (
+            "text/html; charset=utf-8",
+            bytes::Bytes::from(DOCS_HTML.replace("PREFIX", prefix)),
+            false,
+        ),
+    };
+    let mut headers = vec![
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'".to_string(),
+        ),
+        ("x-content-type-options", "nosniff".to_string()),
+    ];
+    if cache {
+        headers.push(("cache-control", "public, max-age=86400".to_string()));
+    }
+    super::ApiResponse {
+        raw: Some(super::RawBody {
+            content_type,
+            bytes,
+            headers,
+        }),
+        ..super::ApiResponse::ok(serde_json::Value::Null)
+    }
+}

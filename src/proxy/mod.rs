@@ -169,9 +169,34 @@ impl Gateway {
                             extra.push(("cache-control", "no-store".to_string()));
                             extra.push(("pragma", "no-cache".to_string()));
                         }
-                        let body = resp.body.to_string().into_bytes();
-                        respond::json(session, resp.status, body, &extra, &ctx.request_id, false)
-                            .await
+                        let written = match resp.raw {
+                            Some(raw) => {
+                                extra.extend(raw.headers);
+                                respond::typed(
+                                    session,
+                                    resp.status,
+                                    raw.content_type,
+                                    raw.bytes,
+                                    &extra,
+                                    &ctx.request_id,
+                                    false,
+                                )
+                                .await
+                            }
+                            None => {
+                                let body = resp.body.to_string().into_bytes();
+                                respond::json(
+                                    session,
+                                    resp.status,
+                                    body,
+                                    &extra,
+                                    &ctx.request_id,
+                                    false,
+                                )
+                                .await
+                            }
+                        };
+                        written
                             .map_err(|e| Error::Internal(format!("writing API response: {e}")))?;
                         Ok(true)
                     }

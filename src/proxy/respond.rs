@@ -17,8 +17,30 @@ pub async fn json(
     request_id: &str,
     close: bool,
 ) -> pingora_core::Result<()> {
+    typed(
+        session,
+        status,
+        "application/json",
+        Bytes::from(body),
+        extra,
+        request_id,
+        close,
+    )
+    .await
+}
+
+/// Write a complete response with the given content type.
+pub async fn typed(
+    session: &mut Session,
+    status: StatusCode,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+    request_id: &str,
+    close: bool,
+) -> pingora_core::Result<()> {
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
     header.set_content_length(body.len())?;
     header.insert_header(super::headers::REQUEST_ID, request_id)?;
     for (name, value) in extra {
@@ -33,9 +55,7 @@ pub async fn json(
         .write_response_header(Box::new(header), head_only)
         .await?;
     if !head_only {
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }
