@@ -105,28 +105,41 @@ fn sighup_reloads_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let (listen, admin) = (free_port(), free_port());
     let config = dir.path().join("portcullis.toml");
-    let write = |routes: &str| {
+    let write = |routes: &str, level: &str| {
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\n{routes}\n[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ngrace_period_seconds = 0\n[auth]\nsecret_key = \"{TEST_KEY}\"\n",
+                "data_dir = \"{}\"\n{routes}\n[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ngrace_period_seconds = 0\n[auth]\nsecret_key = \"{TEST_KEY}\"\n[log]\nlevel = \"{level}\"\n",
                 dir.path().join("data").display()
             ),
         )
         .unwrap()
     };
-    write(&format!(
-        "routes = [{{path = \"/old\", upstream = \"{}\", auth = \"public\"}}]",
-        upstream.addr
-    ));
+    write(
+        &format!(
+            "routes = [{{path = \"/old\", upstream = \"{}\", auth = \"public\"}}]",
+            upstream.addr
+        ),
+        "info",
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .current_dir(dir.path())
         .env_clear()
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let log = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
     let base = format!("http://127.0.0.1:{listen}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while client()
@@ -139,10 +152,33 @@ fn sighup_reloads_the_config_file() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    write(&format!(
-        "routes = [{{path = \"/new\", upstream = \"{}\", auth = \"public\"}}]",
-        upstream.addr
-    ));
+    let logged = |id: &str| {
+        client()
+            .get(format!("{base}/old/x"))
+            .header("x-request-id", id)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(logged("before-reload"), 200);
+    // The access line is written just after the answer: wait for it before reloading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("\"request_id\":\"before-reload\""))
+    {
+        assert!(Instant::now() < deadline, "no access line at level info");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write(
+        &format!(
+            "routes = [{{path = \"/new\", upstream = \"{}\", auth = \"public\"}}]",
+            upstream.addr
+        ),
+        "warn",
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while client()
@@ -155,14 +191,7 @@ fn sighup_reloads_the_config_file() {
         assert!(Instant::now() < deadline, "the reload did not take effect");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        client()
-            .get(format!("{base}/old/x"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(logged("after-reload"), 404);
     // A broken file: refused, and the server keeps serving what it had.
     std::fs::write(&config, "this is not toml").unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
@@ -193,4 +222,11 @@ fn sighup_reloads_the_config_file() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait().unwrap();
+    // The log level changed with the reload: info-level access lines stopped.
+    log.join().unwrap();
+    let lines = lines.lock().unwrap();
+    assert!(
+        !lines.iter().any(|l| l.contains("after-reload")),
+        "{lines:#?}"
+    );
 }
