@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, free_port, EchoUpstream};
+use common::{client, EchoUpstream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -95,7 +95,7 @@ fn the_image_layout_serves_as_an_unprivileged_user() {
     let binary = root.path().join("portcullis");
     std::fs::copy(env!("CARGO_BIN_EXE_portcullis"), &binary).unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = common::free_port_pair();
     let map = |v: &str| {
         v.replace("/etc/portcullis", &etc.to_string_lossy())
             .replace("/data", &data.to_string_lossy())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, TestServer, TEST_KEY};
+use common::{TestServer, TEST_KEY};
 use rand::Rng;
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -50,7 +50,7 @@ fn sigkill_under_load_loses_no_acknowledged_registration() {
     let next = Arc::new(AtomicUsize::new(0));
     let mut rng = rand::rng();
     for round in 0..kills() {
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = common::free_port_pair();
         let mut child = spawn(dir.path(), listen, admin);
         let base = format!("http://127.0.0.1:{listen}/auth");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -150,7 +150,7 @@ fn login(listen: u16) -> (String, String) {
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let upstream = EchoUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = common::free_port_pair();
     let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
     wait_listening(listen);
     let url = format!("http://127.0.0.1:{listen}/api/slow?delay_ms=1500");
@@ -193,7 +193,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
 fn access_log_is_one_json_line_per_request_without_secrets() {
     let upstream = EchoUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = common::free_port_pair();
     let mut child = spawn_binary(&upstream, dir.path(), listen, admin);
     wait_listening(listen);
     let (token, user_id) = login(listen);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, free_port, route, EchoUpstream, TestServer, TEST_KEY};
+use common::{client, route, EchoUpstream, TestServer, TEST_KEY};
 use portcullis::config::{Config, Sources};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -103,7 +103,7 @@ fn an_invalid_reload_is_refused_and_counted() {
 fn sighup_reloads_the_config_file() {
     let upstream = EchoUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = common::free_port_pair();
     let config = dir.path().join("portcullis.toml");
     let write = |routes: &str, level: &str| {
         std::fs::write(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, free_port, EchoUpstream, TEST_KEY};
+use common::{client, EchoUpstream, TEST_KEY};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,7 +49,7 @@ fn spawn(
 fn a_new_process_takes_over_without_a_failed_request() {
     let upstream = EchoUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = common::free_port_pair();
     let mut old = spawn(dir.path(), listen, admin, &upstream, false);
     let url = format!("http://127.0.0.1:{listen}/api/x");
     let deadline = Instant::now() + Duration::from_secs(20);

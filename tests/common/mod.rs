@@ -26,6 +26,16 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Two distinct free ports (both bound at once, so the OS cannot hand out the same one twice).
+pub fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("free port");
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -50,8 +60,9 @@ pub fn test_raw_config(data_dir: &Path) -> RawConfig {
         data_dir: data_dir.to_string_lossy().into_owned(),
         ..RawConfig::default()
     };
-    raw.server.listen = format!("127.0.0.1:{}", free_port());
-    raw.server.admin_listen = format!("127.0.0.1:{}", free_port());
+    let (listen, admin) = free_port_pair();
+    raw.server.listen = format!("127.0.0.1:{listen}");
+    raw.server.admin_listen = format!("127.0.0.1:{admin}");
     raw.server.threads = 2;
     raw.server.grace_period_seconds = 0;
     raw.server.graceful_shutdown_timeout_seconds = 1;
