@@ -26,6 +26,21 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Two free addresses on one random loopback IP (both bound at once).
+pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        rng.random_range(1..=254),
+        rng.random(),
+        rng.random_range(1..=254),
+    );
+    let a = TcpListener::bind((ip, 0)).expect("free address");
+    let b = TcpListener::bind((ip, 0)).expect("free address");
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
 /// Two distinct free ports (both bound at once, so the OS cannot hand out the same one twice).
 pub fn free_port_pair() -> (u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").expect("free port");
@@ -60,9 +75,11 @@ pub fn test_raw_config(data_dir: &Path) -> RawConfig {
         data_dir: data_dir.to_string_lossy().into_owned(),
         ..RawConfig::default()
     };
-    let (listen, admin) = free_port_pair();
-    raw.server.listen = format!("127.0.0.1:{listen}");
-    raw.server.admin_listen = format!("127.0.0.1:{admin}");
+    // A random address in 127.0.0.0/8 as well as a free port: test processes running at the
+    // same time cannot end up on each other's listener even if the OS reuses a port number.
+    let (listen, admin) = free_addr_pair();
+    raw.server.listen = listen.to_string();
+    raw.server.admin_listen = admin.to_string();
     raw.server.threads = 2;
     raw.server.grace_period_seconds = 0;
     raw.server.graceful_shutdown_timeout_seconds = 1;
