@@ -78,14 +78,8 @@ pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespon
             return Err(Error::Invalid("Current password is incorrect".into()));
         }
     }
-    let password_hash = match password {
-        Some(p) => Some(state.hasher.hash(p).await?),
-        None => None,
-    };
-    let passphrase_hash = match passphrase {
-        Some(p) => Some(state.hasher.hash(p).await?),
-        None => None,
-    };
+    let password_hash = state.hasher.hash_opt(password).await?;
+    let passphrase_hash = state.hasher.hash_opt(passphrase).await?;
     let now = req.now;
     let mut mails = Vec::new();
     let mut changed = Vec::new();
@@ -125,21 +119,16 @@ pub async fn update(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRespon
     let id = user.id.clone();
     blocking(state, move |s| {
         s.update_user::<Error>(&id, &mails, |u| {
-            if let Some(n) = nickname {
-                u.nickname = n;
-            }
-            if let Some(c) = customer_account {
-                u.customer_account = c;
-            }
+            fields::apply_profile(
+                u,
+                nickname,
+                customer_account,
+                password_hash,
+                passphrase_hash,
+            );
             if email_changes {
                 u.email = email.unwrap_or_default();
                 u.email_verified = false;
-            }
-            if let Some(h) = password_hash {
-                u.password_hash = h;
-            }
-            if let Some(h) = passphrase_hash {
-                u.passphrase_hash = h;
             }
             u.updated_at = now;
             Ok(())

@@ -174,14 +174,8 @@ pub async fn update(
             ));
         }
     }
-    let password_hash = match password {
-        Some(p) => Some(state.hasher.hash(p).await?),
-        None => None,
-    };
-    let passphrase_hash = match passphrase {
-        Some(p) => Some(state.hasher.hash(p).await?),
-        None => None,
-    };
+    let password_hash = state.hasher.hash_opt(password).await?;
+    let passphrase_hash = state.hasher.hash_opt(passphrase).await?;
     let revoke = demoting
         || locking
         || password_hash.is_some()
@@ -191,28 +185,23 @@ pub async fn update(
     let lock = body.lock;
     blocking(state, move |s| {
         s.update_user::<Error>(&uid, &[], |u| {
-            if let Some(n) = nickname {
-                u.nickname = n;
-            }
+            fields::apply_profile(
+                u,
+                nickname,
+                customer_account,
+                password_hash,
+                passphrase_hash,
+            );
             if let Some(e) = email {
                 if !e.eq_ignore_ascii_case(&u.email) {
                     u.email = e;
                 }
-            }
-            if let Some(c) = customer_account {
-                u.customer_account = c;
             }
             if let Some(r) = role {
                 u.role = r;
             }
             if let Some(l) = lock {
                 u.locked = l;
-            }
-            if let Some(h) = password_hash {
-                u.password_hash = h;
-            }
-            if let Some(h) = passphrase_hash {
-                u.passphrase_hash = h;
             }
             u.updated_at = now;
             Ok(())

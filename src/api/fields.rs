@@ -141,6 +141,29 @@ impl ProfileChanges {
     }
 }
 
+/// Write the changed profile fields and new secret hashes into `user` (the email is each
+/// caller's own business: self-service re-verifies it, an admin sets it).
+pub fn apply_profile(
+    user: &mut crate::store::models::User,
+    nickname: Option<String>,
+    customer_account: Option<String>,
+    password_hash: Option<String>,
+    passphrase_hash: Option<String>,
+) {
+    if let Some(n) = nickname {
+        user.nickname = n;
+    }
+    if let Some(c) = customer_account {
+        user.customer_account = c;
+    }
+    if let Some(h) = password_hash {
+        user.password_hash = h;
+    }
+    if let Some(h) = passphrase_hash {
+        user.passphrase_hash = h;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

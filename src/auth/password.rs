@@ -158,6 +158,14 @@ impl Hasher {
             .map_err(Error::Internal)
     }
 
+    /// Hash a secret if there is one.
+    pub async fn hash_opt(&self, secret: Option<String>) -> Result<Option<String>, Error> {
+        match secret {
+            Some(s) => Ok(Some(self.hash(s).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Verify a secret against a PHC string; with `None` (no such account) verify against a
     /// dummy hash and report failure, taking the same time.
     pub async fn verify(&self, secret: String, phc: Option<String>) -> Result<Verified, Error> {
