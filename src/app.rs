@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::proxy::ops::OpsApp;
 use crate::proxy::route::{PeerTimeouts, Route, RouteTable};
+use crate::proxy::slow_head::HeadTimeoutApp;
 use crate::proxy::Gateway;
 use crate::store::Store;
 use arc_swap::ArcSwap;
@@ -225,7 +226,7 @@ impl AppState {
             ("audit", differs(&old.audit, &new.audit)),
             ("log.format", old.log.format != new.log.format),
             (
-                "limits (max_tracked_keys, login guard, header size, body timeout)",
+                "limits (max_tracked_keys, login guard, header size, header and body timeouts)",
                 differs(
                     &(
                         old.limits.max_tracked_keys,
@@ -233,6 +234,7 @@ impl AppState {
                         old.limits.login_failure_window,
                         old.limits.max_header_bytes,
                         old.limits.body_read_timeout,
+                        old.limits.header_read_timeout,
                     ),
                     &(
                         new.limits.max_tracked_keys,
@@ -240,6 +242,7 @@ impl AppState {
                         new.limits.login_failure_window,
                         new.limits.max_header_bytes,
                         new.limits.body_read_timeout,
+                        new.limits.header_read_timeout,
                     ),
                 ),
             ),
@@ -389,12 +392,15 @@ pub fn new_server(c: &Config, upgrade: bool) -> Server {
 /// Add the proxy, the admin listener and the background services.
 pub fn add_services(server: &mut Server, state: &Arc<AppState>) {
     let c = &state.config;
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let gateway = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
             state: state.clone(),
         },
-        "portcullis proxy",
+    );
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        HeadTimeoutApp::new(gateway, state.clone()),
     );
     proxy.add_tcp(&c.server.listen.to_string());
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub rate_limits: IntCounterVec,
     /// Configuration reloads by outcome (`success`/`failure`).
     pub reloads: IntCounterVec,
+    /// Connections closed because a request head did not arrive in time.
+    pub header_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -131,6 +133,11 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(reloads.clone()))?;
+        let header_timeouts = IntCounter::new(
+            "portcullis_header_timeouts_total",
+            "Connections closed because a request head did not arrive within limits.header_read_timeout_seconds",
+        )?;
+        registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -153,6 +160,7 @@ impl Metrics {
             audit_failures,
             rate_limits,
             reloads,
+            header_timeouts,
         })
     }
 

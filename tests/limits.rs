@@ -427,6 +427,104 @@ fn oversized_headers_get_431_and_slow_bodies_are_cut_off() {
     }
 }
 
+#[test]
+fn clients_that_dribble_their_request_head_are_cut_off() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Instant;
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let server = TestServer::start(|raw| {
+        raw.limits.header_read_timeout_seconds = 1;
+        raw.limits.body_read_timeout_seconds = 5;
+        raw.routes = vec![route("/public", addr, "public", &[])];
+    });
+    let closed_within = |mut stream: TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let read = stream.read_to_end(&mut out);
+        assert!(read.is_ok(), "still open after {limit:?}: {read:?}");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    };
+
+    // One header byte every 200 ms: every single read is quick, the head as a whole is not.
+    let mut slow = TcpStream::connect(server.addr()).unwrap();
+    let started = Instant::now();
+    let head = b"GET /public/slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for byte in head {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (_, answer) = closed_within(slow, Duration::from_secs(5));
+    assert!(cut || started.elapsed() < Duration::from_secs(10));
+    assert!(
+        answer.is_empty(),
+        "no answer to a head never finished: {answer}"
+    );
+
+    // A connection that never sends anything is closed too.
+    let (took, _) = closed_within(
+        TcpStream::connect(server.addr()).unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "idle connection kept {took:?}"
+    );
+
+    let metrics = client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("portcullis_header_timeouts_total 2"),
+        "{metrics}"
+    );
+
+    // Ordinary clients are untouched: a kept-alive connection may idle between requests for
+    // longer than the head timeout, and a body may take longer than it (after a prompt head).
+    let mut alive = TcpStream::connect(server.addr()).unwrap();
+    alive
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let read_response = |stream: &mut TcpStream| {
+        let mut buf = vec![0u8; 65536];
+        let n = stream.read(&mut buf).unwrap();
+        parse_response(&String::from_utf8_lossy(&buf[..n])).status
+    };
+    alive
+        .write_all(b"GET /public/one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut alive), 200);
+    std::thread::sleep(Duration::from_millis(1600));
+    alive
+        .write_all(b"POST /public/two HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        alive.write_all(b"ab").unwrap();
+    }
+    assert_eq!(read_response(&mut alive), 200);
+    assert_eq!(
+        upstream.count(),
+        2,
+        "only the two complete requests went upstream"
+    );
+}
+
 /// Read what the server sends on an already-written stream until it closes (10 s at most).
 fn raw_exchange_for_stream(mut stream: std::net::TcpStream) -> String {
     use std::io::Read;

@@ -87,6 +87,10 @@ pub struct LimitSettings {
     pub max_header_bytes: usize,
     /// A client sending its body slower than one read per this long is cut off (408).
     pub body_read_timeout: Duration,
+    /// A request head (request line and headers) must arrive whole within this long, counted
+    /// from the connection's accept for its first request and from the first byte for later
+    /// ones; else the connection is closed.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -857,6 +861,12 @@ impl Config {
             body_read_timeout: Duration::from_secs(c.range(
                 "limits.body_read_timeout_seconds",
                 l.body_read_timeout_seconds,
+                1,
+                3600,
+            )),
+            header_read_timeout: Duration::from_secs(c.range(
+                "limits.header_read_timeout_seconds",
+                l.header_read_timeout_seconds,
                 1,
                 3600,
             )),

@@ -36,6 +36,7 @@ pub struct RawLimits {
     pub resend_per_account: String,
     pub max_header_bytes: i64,
     pub body_read_timeout_seconds: i64,
+    pub header_read_timeout_seconds: i64,
 }
 
 impl Default for RawLimits {
@@ -50,6 +51,7 @@ impl Default for RawLimits {
             resend_per_account: "3/1hour".into(),
             max_header_bytes: 16 * 1024,
             body_read_timeout_seconds: 30,
+            header_read_timeout_seconds: 15,
         }
     }
 }

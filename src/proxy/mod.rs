@@ -8,6 +8,7 @@ pub mod ops;
 pub mod path;
 pub mod respond;
 pub mod route;
+pub mod slow_head;
 
 use crate::api::{self, ApiRequest};
 use crate::app::{AppState, Live};
