@@ -132,6 +132,9 @@ impl Gateway {
         if hosts.next().is_some() {
             return Err(Error::BadRequest("Duplicate Host header"));
         }
+        if host.is_none() && req.version == http::Version::HTTP_11 {
+            return Err(Error::BadRequest("Missing Host header"));
+        }
         let target = path::parse_target(req.raw_path())?;
         if let Some(authority) = &target.authority {
             let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");

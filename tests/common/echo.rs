@@ -130,7 +130,8 @@ async fn handle(
     let wants_upgrade = req
         .headers()
         .get(hyper::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && query_number(&req, "refuse_upgrade") == 0;
     record.count.fetch_add(1, Ordering::SeqCst);
 
     if wants_upgrade {
