@@ -55,6 +55,7 @@ fn ambiguous_encodings_are_refused() {
         "/public/..%2fadmin",
         "/public%252f..%252fadmin",
         "/public/%252e%252e/admin",
+        "/public%25%32%66..%25%32%66admin",
         "/public\\..\\admin",
         "/public/%5c../admin",
         "/public/%00/admin",

@@ -55,6 +55,8 @@ pub struct Sources {
     /// The TOML file; `file_required` says whether its absence is an error.
     pub file: Option<PathBuf>,
     pub file_required: bool,
+    /// TOML text merged in place of the file (for embedding and fuzzing; `file` is then unused).
+    pub text: Option<String>,
     /// The `.env` file; a missing one is fine.
     pub dotenv: Option<PathBuf>,
     /// The process environment, as (name, value) pairs.
@@ -80,6 +82,7 @@ impl Sources {
         Sources {
             file,
             file_required,
+            text: None,
             dotenv: Some(PathBuf::from(".env")),
             env,
         }
@@ -100,15 +103,23 @@ pub fn load_raw(sources: &Sources) -> Result<RawConfig, Vec<ConfigError>> {
     };
     let defaults = tree.clone();
 
-    if let Some(path) = &sources.file {
+    let mut merge_text =
+        |text: &str, origin: String, errors: &mut Vec<ConfigError>| match text.parse::<Table>() {
+            Ok(file) => merge_checked(&mut tree, &defaults, file, "", errors),
+            Err(e) => errors.push(ConfigError::new(
+                origin,
+                format!("not valid TOML: {}", e.message()),
+            )),
+        };
+    if let Some(text) = &sources.text {
+        merge_text(text, "config text".into(), &mut errors);
+    } else if let Some(path) = &sources.file {
         match std::fs::read_to_string(path) {
-            Ok(text) => match text.parse::<Table>() {
-                Ok(file) => merge_checked(&mut tree, &defaults, file, "", &mut errors),
-                Err(e) => errors.push(ConfigError::new(
-                    format!("config file {}", path.display()),
-                    format!("not valid TOML: {}", e.message()),
-                )),
-            },
+            Ok(text) => merge_text(
+                &text,
+                format!("config file {}", path.display()),
+                &mut errors,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {}
             Err(e) => errors.push(ConfigError::new(
                 format!("config file {}", path.display()),
