@@ -17,6 +17,7 @@ use crate::proxy::ops::OpsApp;
 use crate::proxy::route::{PeerTimeouts, Route, RouteTable};
 use crate::proxy::slow_head::HeadTimeoutApp;
 use crate::proxy::Gateway;
+use crate::store::audit_writer::AuditWriter;
 use crate::store::Store;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub login_guard: LoginGuard,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// Audit events from concurrent requests share one durable commit.
+    pub audit_writer: AuditWriter,
     mail_wakeup: tokio::sync::Notify,
     draining: AtomicBool,
 }
@@ -124,9 +127,13 @@ impl AppState {
             Box::new(move |secs| hash_metrics.hash_seconds.observe(secs)),
         )?;
         let mailer = Mailer::new(&config.email, &config.data_dir)?;
+        let store = Arc::new(store);
+        let audit_writer = AuditWriter::start(store.clone())
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(AppState {
             config,
-            store: Arc::new(store),
+            store,
+            audit_writer,
             tokens,
             sessions,
             hasher,
@@ -665,7 +672,8 @@ impl RunningServer {
             // Blocking tasks of the stopped runtimes may still hold the state (and with it the
             // database files) for a moment: wait for them, so the data dir can be reopened.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while (Arc::strong_count(&self.state) > 1 || Arc::strong_count(&self.state.store) > 1)
+            // The audit writer thread holds one reference to the store for the state's lifetime.
+            while (Arc::strong_count(&self.state) > 1 || Arc::strong_count(&self.state.store) > 2)
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(5));

@@ -261,8 +261,7 @@ pub fn event(req: &ApiRequest, kind: &str, outcome: &str, user_id: Option<&str>)
 
 /// Write audit events; a failure is logged and counted, never shown to the client.
 pub async fn audit(state: &Arc<AppState>, events: Vec<AuditEvent>) {
-    let result = blocking(state, move |s| Ok(s.append_audit(&events)?)).await;
-    if let Err(e) = result {
+    if let Err(e) = state.audit_writer.append(events).await {
         state.metrics.audit_failures.inc();
         tracing::error!(error = %e, "cannot write audit events");
     }

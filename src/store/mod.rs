@@ -4,6 +4,7 @@
 //! two-phase commit, so a returned `Ok` is on disk. Methods block: call them off the async
 //! workers.
 
+pub mod audit_writer;
 pub mod models;
 
 use models::{AuditEvent, AuditFilter, Mail, Session, User, Verification};
