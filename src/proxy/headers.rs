@@ -32,27 +32,29 @@ const OWNED_HEADERS: &[&str] = &[
 /// Header values are visible ASCII; anything else in an identity value is percent-encoded.
 const IDENTITY_ENCODE: &AsciiSet = &CONTROLS.add(b'%').add(b'"').add(b'\\').add(0x7f);
 
-/// Lower-case a header name and read `_` as `-`, the way many upstream frameworks do.
-fn canonical(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b == b'_' {
-                '-'
-            } else {
-                b.to_ascii_lowercase() as char
-            }
-        })
-        .collect()
+/// Does a (lower-case) header name equal `canon` when `_` is read as `-`, the way many
+/// upstream frameworks read it? `prefix` compares only the start. No allocation.
+fn same_name(name: &str, canon: &str, prefix: bool) -> bool {
+    let (n, c) = (name.as_bytes(), canon.as_bytes());
+    let len_ok = if prefix {
+        n.len() >= c.len()
+    } else {
+        n.len() == c.len()
+    };
+    len_ok
+        && n.iter()
+            .zip(c)
+            .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
 /// Names of the client-sent headers that must not reach the upstream.
 pub fn spoofable_headers(headers: &HeaderMap, identity: &IdentityHeaders) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        let c = canonical(name.as_str());
-        if (c.starts_with(&identity.prefix) || OWNED_HEADERS.contains(&c.as_str()))
-            && !names.contains(name)
-        {
+        let n = name.as_str();
+        let spoofable = same_name(n, &identity.prefix, true)
+            || OWNED_HEADERS.iter().any(|owned| same_name(n, owned, false));
+        if spoofable && !names.contains(name) {
             names.push(name.clone());
         }
     }
@@ -89,7 +91,10 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> String {
             return String::from_utf8_lossy(b).into_owned();
         }
     }
-    uuid::Uuid::new_v4().to_string()
+    // From the thread's CSPRNG (seeded once), not a system call per request.
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
