@@ -10,7 +10,7 @@ pub mod models;
 use models::{AuditEvent, AuditFilter, Mail, Session, User, Verification};
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
-    ReadableTableMetadata, TableDefinition, WriteTransaction,
+    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use std::path::{Path, PathBuf};
 
@@ -125,6 +125,59 @@ fn check_schema(
     tx.commit().map_err(db_err)
 }
 
+/// The user table and its two unique indexes, open in one write transaction.
+struct UserTables<'t> {
+    users: Table<'t, &'static str, &'static [u8]>,
+    by_email: Table<'t, &'static str, &'static str>,
+    by_nick: Table<'t, &'static str, &'static str>,
+}
+
+impl<'t> UserTables<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(UserTables {
+            users: tx.open_table(USERS).map_err(db_err)?,
+            by_email: tx.open_table(USERS_BY_EMAIL).map_err(db_err)?,
+            by_nick: tx.open_table(USERS_BY_NICKNAME).map_err(db_err)?,
+        })
+    }
+
+    /// The unique field of `user` another user already has: "email" or "nickname".
+    fn taken(&self, user: &User) -> Result<Option<&'static str>, StoreError> {
+        if self
+            .by_email
+            .get(email_key(&user.email).as_str())
+            .map_err(db_err)?
+            .is_some()
+        {
+            return Ok(Some("email"));
+        }
+        if self
+            .by_nick
+            .get(nickname_key(&user.nickname).as_str())
+            .map_err(db_err)?
+            .is_some()
+        {
+            return Ok(Some("nickname"));
+        }
+        Ok(None)
+    }
+
+    /// Write the record and both index entries.
+    fn insert(&mut self, user: &User) -> Result<(), StoreError> {
+        let id = user.id.as_str();
+        self.users
+            .insert(id, encode(user)?.as_slice())
+            .map_err(db_err)?;
+        self.by_email
+            .insert(email_key(&user.email).as_str(), id)
+            .map_err(db_err)?;
+        self.by_nick
+            .insert(nickname_key(&user.nickname).as_str(), id)
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
 impl Store {
     /// Open (or create) both databases. Fails at once if another process has them open.
     pub fn open(database: &Path, audit_database: &Path) -> Result<Store, StoreError> {
@@ -160,29 +213,14 @@ impl Store {
     ) -> Result<User, StoreError> {
         let tx = begin(&self.db)?;
         {
-            let mut users = tx.open_table(USERS).map_err(db_err)?;
-            let mut by_email = tx.open_table(USERS_BY_EMAIL).map_err(db_err)?;
-            let mut by_nick = tx.open_table(USERS_BY_NICKNAME).map_err(db_err)?;
-            let ek = email_key(&user.email);
-            let nk = nickname_key(&user.nickname);
-            if by_email.get(ek.as_str()).map_err(db_err)?.is_some() {
-                return Err(StoreError::Duplicate("email"));
+            let mut tables = UserTables::open(&tx)?;
+            if let Some(field) = tables.taken(&user)? {
+                return Err(StoreError::Duplicate(field));
             }
-            if by_nick.get(nk.as_str()).map_err(db_err)?.is_some() {
-                return Err(StoreError::Duplicate("nickname"));
-            }
-            if first_user_admin && users.is_empty().map_err(db_err)? {
+            if first_user_admin && tables.users.is_empty().map_err(db_err)? {
                 user.role = models::ROLE_ADMIN.to_string();
             }
-            users
-                .insert(user.id.as_str(), encode(&user)?.as_slice())
-                .map_err(db_err)?;
-            by_email
-                .insert(ek.as_str(), user.id.as_str())
-                .map_err(db_err)?;
-            by_nick
-                .insert(nk.as_str(), user.id.as_str())
-                .map_err(db_err)?;
+            tables.insert(&user)?;
         }
         if let Some((hash, v)) = verification {
             let mut t = tx.open_table(VERIFICATIONS).map_err(db_err)?;
@@ -200,28 +238,18 @@ impl Store {
         let tx = begin(&self.db)?;
         let mut added = 0;
         {
-            let mut users = tx.open_table(USERS).map_err(db_err)?;
-            let mut by_email = tx.open_table(USERS_BY_EMAIL).map_err(db_err)?;
-            let mut by_nick = tx.open_table(USERS_BY_NICKNAME).map_err(db_err)?;
+            let mut tables = UserTables::open(&tx)?;
             for user in batch {
-                let ek = email_key(&user.email);
-                let nk = nickname_key(&user.nickname);
-                if users.get(user.id.as_str()).map_err(db_err)?.is_some()
-                    || by_email.get(ek.as_str()).map_err(db_err)?.is_some()
-                    || by_nick.get(nk.as_str()).map_err(db_err)?.is_some()
+                if tables
+                    .users
+                    .get(user.id.as_str())
+                    .map_err(db_err)?
+                    .is_none()
+                    && tables.taken(user)?.is_none()
                 {
-                    continue;
+                    tables.insert(user)?;
+                    added += 1;
                 }
-                users
-                    .insert(user.id.as_str(), encode(user)?.as_slice())
-                    .map_err(db_err)?;
-                by_email
-                    .insert(ek.as_str(), user.id.as_str())
-                    .map_err(db_err)?;
-                by_nick
-                    .insert(nk.as_str(), user.id.as_str())
-                    .map_err(db_err)?;
-                added += 1;
             }
         }
         tx.commit().map_err(db_err)?;
