@@ -13,7 +13,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// Headers only portcullis may set on a proxied request (compared after lower-casing and
 /// turning `_` into `-`).
-const OWNED_HEADERS: &[&str] = &[
+pub const OWNED_HEADERS: &[&str] = &[
     "x-service-token",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -54,7 +54,7 @@ pub fn spoofable_headers(headers: &HeaderMap, identity: &IdentityHeaders) -> Vec
         let n = name.as_str();
         let spoofable = same_name(n, &identity.prefix, true)
             || OWNED_HEADERS.iter().any(|owned| same_name(n, owned, false));
-        if spoofable && !names.contains(name) {
+        if spoofable {
             names.push(name.clone());
         }
     }

@@ -131,7 +131,8 @@ impl AsyncRead for HeadTimedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.next_request.swap(false, Ordering::Relaxed) {
+        if this.next_request.load(Ordering::Relaxed) {
+            this.next_request.store(false, Ordering::Relaxed);
             this.phase = Phase::Idle;
             this.scanner = HeadScanner::default();
             this.timer = None;
