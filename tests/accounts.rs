@@ -197,24 +197,14 @@ fn unknown_email_and_wrong_password_look_the_same() {
         unknown.headers().get("www-authenticate")
     );
     assert_eq!(wrong.text().unwrap(), unknown.text().unwrap());
-    let m = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = server.metrics();
     assert!(
         m.contains("portcullis_logins_total{outcome=\"bad_credentials\"} 2"),
         "{m}"
     );
     assert!(m.contains("portcullis_password_hash_seconds_count"), "{m}");
     server.login("real@example.com", PW);
-    let m = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = server.metrics();
     assert!(m.contains("portcullis_sessions_active 1"), "{m}");
 }
 

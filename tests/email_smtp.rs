@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, free_port, link_token, TestServer};
+use common::{free_port, link_token, TestServer};
 use mailin_embedded::{response, AuthMechanism, Handler, Response, Server, SslConfig};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -122,12 +122,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn mail_metric(server: &TestServer, outcome: &str) -> u64 {
-    let text = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics();
     let needle = format!("portcullis_mail_total{{outcome=\"{outcome}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle))

@@ -71,12 +71,7 @@ fn the_originals_public_limit_is_per_client_ip() {
     server.clock.advance(200);
     assert_eq!(get_as(&server, "/auth/", "203.0.113.1").status(), 200);
     assert_eq!(get_as(&server, "/auth/", "203.0.113.1").status(), 429);
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains(
             "portcullis_rate_limit_decisions_total{outcome=\"throttle\",scope=\"api_public\"} 2"
@@ -277,12 +272,7 @@ fn password_guessing_throttles_the_account_not_the_address() {
         "four failures after a success do not block"
     );
     // Throttles are audited and counted.
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains(
             "portcullis_rate_limit_decisions_total{outcome=\"throttle\",scope=\"login_account\"}"
@@ -483,12 +473,7 @@ fn clients_that_dribble_their_request_head_are_cut_off() {
         "idle connection kept {took:?}"
     );
 
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("portcullis_header_timeouts_total 2"),
         "{metrics}"

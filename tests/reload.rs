@@ -87,12 +87,7 @@ fn an_invalid_reload_is_refused_and_counted() {
         200,
         "the old configuration serves on"
     );
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("portcullis_config_reloads_total{outcome=\"failure\"} 1"),
         "{metrics}"

@@ -29,12 +29,7 @@ fn unreachable_upstream_is_502() {
         resp.json::<serde_json::Value>().unwrap()["detail"],
         "Upstream unavailable"
     );
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("portcullis_upstream_errors_total{kind=\"unavailable\",route=\"/api\"}"),
         "{metrics}"

@@ -463,4 +463,41 @@ mod tests {
                 .ok
         );
     }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_at_lower_priority() {
+        let mut s = settings();
+        s.max_concurrent_hashes = 2;
+        let _h = Hasher::new(&s, Box::new(|_| {})).unwrap();
+        let nice_of_hash_threads = || -> Vec<i64> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| {
+                    let dir = t.ok()?.path();
+                    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                    if !comm.starts_with("portcullis-hash") {
+                        return None;
+                    }
+                    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                    // Fields after "(comm) ": state is field 3, nice is field 19.
+                    let rest = stat.rsplit_once(") ")?.1;
+                    rest.split(' ').nth(16)?.parse().ok()
+                })
+                .collect()
+        };
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen = nice_of_hash_threads();
+            if seen.len() == 2 && seen.iter().all(|&n| n == i64::from(HASH_THREAD_NICE)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(seen.len() >= 2, "{seen:?}");
+        assert!(
+            seen.iter().all(|&n| n == i64::from(HASH_THREAD_NICE)),
+            "{seen:?}"
+        );
+    }
 }

@@ -142,6 +142,16 @@ impl TestServer {
         format!("http://{}{}", self.server.admin_listen, path)
     }
 
+    /// The Prometheus text from the admin listener.
+    pub fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("metrics text")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
