@@ -86,7 +86,18 @@ fn sigkill_under_load_loses_no_acknowledged_registration() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
+        // Kill only once this round has acknowledged some writes (a fresh machine may still be
+        // busy writing the build to disk when the first rounds run), then at a random moment.
+        let acked_before = acknowledged.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acknowledged.lock().unwrap().len() < acked_before + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no registration acknowledged within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         stop.store(true, Ordering::SeqCst);

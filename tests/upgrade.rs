@@ -87,7 +87,19 @@ fn a_new_process_takes_over_without_a_failed_request() {
     };
 
     let mut new = spawn(dir.path(), listen, admin, &upstream, true);
-    std::thread::sleep(Duration::from_millis(1000));
+    // The new process is ready for the hand-over once it listens on the upgrade socket; only
+    // then is the old one told to hand over (pingora gives up after a few seconds of waiting).
+    let socket = dir.path().join("data").join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(new.try_wait().unwrap().is_none(), "the new process exited");
+        assert!(
+            Instant::now() < deadline,
+            "the new process never listened on {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     unsafe { libc::kill(old.id() as i32, libc::SIGQUIT) };
     let status = old.wait().unwrap();
     assert!(status.success(), "old process exit: {status:?}");
