@@ -4,13 +4,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use portcullis::auth::sessions::SessionTable;
+use portcullis::auth::gate::{authorize, credential};
+use portcullis::auth::sessions::{NewSession, Principal, SessionTable};
 use portcullis::auth::tokens::{Subject, TokenService};
 use portcullis::config::{Config, RawConfig, RouteAuth, RouteSpec};
-use portcullis::proxy::gate::authorize;
 use portcullis::proxy::path::parse_target;
-use portcullis::proxy::route::{Destination, PeerTimeouts, Route, RouteTable};
-use portcullis::store::models::Session;
+use portcullis::routes::{Destination, Route, RouteTable};
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,28 +33,26 @@ fn bench_gate(c: &mut Criterion) {
         )
         .unwrap();
     let sessions = SessionTable::new(1800);
+    let principal = |user_id: String| Principal {
+        user_id,
+        email: "alice@example.com".into(),
+        nickname: "alice".into(),
+        role: "user".into(),
+    };
     for i in 0..100_000 {
-        sessions.insert(&Session {
-            id: format!("{i:032x}"),
-            user_id: format!("user-{i}"),
-            created_at: now,
+        sessions.insert(NewSession {
+            id: &format!("{i:032x}"),
             expires_at: now + 1800,
             last_seen: now,
+            principal: principal(format!("user-{i}")),
         });
     }
-    sessions.insert(&Session {
-        id: "0d9e6a4b-7c15-4f3a-8e2d-1b6c9a7f5e30".into(),
-        user_id: "3f6c0b8e-2a51-4c07-9d1e-5a8f7c2b9e10".into(),
-        created_at: now,
+    sessions.insert(NewSession {
+        id: "0d9e6a4b-7c15-4f3a-8e2d-1b6c9a7f5e30",
         expires_at: now + 1800,
         last_seen: now,
+        principal: principal("3f6c0b8e-2a51-4c07-9d1e-5a8f7c2b9e10".into()),
     });
-    let timeouts = PeerTimeouts {
-        connect: Duration::from_secs(1),
-        read: Duration::from_secs(1),
-        write: Duration::from_secs(1),
-        idle: Duration::from_secs(1),
-    };
     let spec = |path: &str| RouteSpec {
         path: path.to_string(),
         upstreams: vec!["127.0.0.1:9000".parse().unwrap()],
@@ -66,9 +63,9 @@ fn bench_gate(c: &mut Criterion) {
     let table = RouteTable::new(
         "/auth",
         vec![
-            Route::new(&spec("/api"), timeouts, None),
-            Route::new(&spec("/api/admin"), timeouts, None),
-            Route::new(&spec("/static"), timeouts, None),
+            Route::new(&spec("/api"), None),
+            Route::new(&spec("/api/admin"), None),
+            Route::new(&spec("/static"), None),
         ],
     );
 
@@ -92,7 +89,10 @@ fn bench_gate(c: &mut Criterion) {
         let Destination::Route(i) = table.classify(&target.path, |_| false) else {
             unreachable!()
         };
-        authorize(&tokens, &sessions, table.route(i), black_box(headers), now).is_ok()
+        let route = table.route(i);
+        credential(black_box(headers))
+            .and_then(|c| authorize(&tokens, &sessions, &route.rule, c, now))
+            .is_ok()
     };
     assert!(run(&valid));
     assert!(!run(&forged));

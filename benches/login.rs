@@ -7,7 +7,11 @@ use portcullis::config::{Config, RawConfig};
 
 fn bench_login(c: &mut Criterion) {
     let config = Config::from_raw(&RawConfig::default()).unwrap();
-    let hasher = Hasher::new(&config.passwords, Box::new(|_| {})).unwrap();
+    let hasher = Hasher::new(
+        &config.passwords,
+        portcullis::auth::password::HashMetrics::default(),
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

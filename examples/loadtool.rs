@@ -10,7 +10,6 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use portcullis::auth::password::Hasher;
 use portcullis::config::{Config, Sources};
 use portcullis::store::models::{User, ROLE_USER};
-use portcullis::store::Store;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,12 +46,15 @@ fn seed(args: &[String]) {
             std::process::exit(2);
         });
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
-    let store = Store::open(&config.storage.database, &config.storage.audit_database)
-        .unwrap_or_else(|e| {
-            eprintln!("loadtool: {e}");
-            std::process::exit(1);
-        });
-    let hasher = Hasher::new(&config.passwords, Box::new(|_| {})).expect("hasher");
+    let store = portcullis::store::open(&config.storage).unwrap_or_else(|e| {
+        eprintln!("loadtool: {e}");
+        std::process::exit(1);
+    });
+    let hasher = Hasher::new(
+        &config.passwords,
+        portcullis::auth::password::HashMetrics::default(),
+    )
+    .expect("hasher");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -65,7 +67,7 @@ fn seed(args: &[String]) {
         .expect("hash");
     let started = Instant::now();
     let mut added = 0;
-    let mut next = store.count_users().expect("count") as usize;
+    let mut next = runtime.block_on(store.count_users()).expect("count") as usize;
     while added < count {
         let n = BATCH.min(count - added);
         let batch: Vec<User> = (next..next + n)
@@ -81,15 +83,16 @@ fn seed(args: &[String]) {
                 email_verified: true,
                 created_at: 1_700_000_000,
                 updated_at: 1_700_000_000,
+                security_stamp: 0,
             })
             .collect();
-        added += store.import_users(&batch).expect("import");
+        added += runtime.block_on(store.import_users(batch)).expect("import");
         next += n;
     }
     println!(
         "seeded {added} accounts in {:.1} s; {} in the database",
         started.elapsed().as_secs_f64(),
-        store.count_users().expect("count")
+        runtime.block_on(store.count_users()).expect("count")
     );
 }
 

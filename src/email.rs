@@ -3,9 +3,10 @@
 //! as the change they report, so a committed change always gets its mail, and delivery failures
 //! are retried with growing delays without ever blocking a request.
 
-use crate::app::AppState;
 use crate::config::{EmailSettings, EmailTransport, SmtpSecurity};
+use crate::metrics::Metrics;
 use crate::store::models::Mail;
+use crate::store::Store;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::Body;
 use lettre::message::Mailbox;
@@ -13,7 +14,6 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A message to queue.
@@ -178,52 +178,35 @@ fn backoff(attempts: u32) -> i64 {
     1i64 << attempts.clamp(1, 11)
 }
 
-/// Deliver what is due, once. Returns how many messages were handled.
-pub async fn deliver_due(state: &Arc<AppState>) -> usize {
-    let now = state.clock.now();
-    let store = state.store.clone();
-    let due = match tokio::task::spawn_blocking(move || store.due_mail(now, 50)).await {
-        Ok(Ok(due)) => due,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read the mail queue");
-            return 0;
-        }
+/// Deliver what is due at `now`, once. Returns how many messages were handled.
+pub async fn deliver_due(store: &dyn Store, mailer: &Mailer, metrics: &Metrics, now: i64) -> usize {
+    let due = match store.due_mail(now, 50).await {
+        Ok(due) => due,
         Err(e) => {
-            tracing::error!(error = %e, "mail queue task failed");
+            tracing::error!(error = %e, "cannot read the mail queue");
             return 0;
         }
     };
     let handled = due.len();
     for (id, mut mail) in due {
-        let outcome = state.mailer.send(&mail).await;
-        let store = state.store.clone();
-        let (result, label) = match outcome {
-            Ok(()) => (
-                tokio::task::spawn_blocking(move || store.remove_mail(id)).await,
-                "sent",
-            ),
+        let (result, label) = match mailer.send(&mail).await {
+            Ok(()) => (store.remove_mail(id).await, "sent"),
             Err(e) => {
                 mail.attempts += 1;
-                let give_up = e.permanent || mail.attempts >= state.mailer.max_attempts;
+                let give_up = e.permanent || mail.attempts >= mailer.max_attempts;
                 tracing::warn!(error = %e.message, attempts = mail.attempts, give_up, "email delivery failed");
                 if give_up {
-                    (
-                        tokio::task::spawn_blocking(move || store.remove_mail(id)).await,
-                        "dropped",
-                    )
+                    (store.remove_mail(id).await, "dropped")
                 } else {
                     mail.next_attempt_at = now + backoff(mail.attempts);
-                    (
-                        tokio::task::spawn_blocking(move || store.retry_mail(id, &mail)).await,
-                        "retried",
-                    )
+                    (store.retry_mail(id, mail).await, "retried")
                 }
             }
         };
         // Counted once the queue reflects it, so the metric never runs ahead of the queue.
-        state.metrics.mail.with_label_values(&[label]).inc();
-        if !matches!(result, Ok(Ok(()))) {
-            tracing::error!("cannot update the mail queue");
+        metrics.mail.with_label_values(&[label]).inc();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot update the mail queue");
         }
     }
     handled

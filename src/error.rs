@@ -1,5 +1,6 @@
-//! The one error type of the request path: each variant's HTTP status, public message and
-//! extra headers are decided here, once. Details go to the log, never to the client.
+//! The edge error: each variant's HTTP status, public message and extra headers are decided
+//! here, once, and every domain error (accounts, gate) maps into it here. Details go to the
+//! log, never to the client.
 
 use http::StatusCode;
 
@@ -174,12 +175,32 @@ impl Error {
     }
 }
 
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Error {
+impl From<crate::accounts::AccountError> for Error {
+    fn from(e: crate::accounts::AccountError) -> Error {
+        use crate::accounts::AccountError as A;
         match e {
-            crate::store::StoreError::Duplicate(field) => Error::Duplicate(field),
-            crate::store::StoreError::NotFound => Error::NotFound,
-            other => Error::Internal(other.to_string()),
+            A::Invalid(msg) => Error::Invalid(msg),
+            A::Duplicate(field) => Error::Duplicate(field),
+            A::BadCredentials => Error::BadCredentials,
+            A::Unauthenticated(why) => Error::InvalidToken(why),
+            A::Locked => Error::AccountLocked,
+            A::EmailNotVerified => Error::EmailNotVerified,
+            A::Forbidden => Error::Forbidden,
+            A::NotFound => Error::NotFound,
+            A::Throttled(decision) => Error::Throttled(decision),
+            A::Internal(detail) => Error::Internal(detail),
+        }
+    }
+}
+
+impl From<crate::auth::gate::GateError> for Error {
+    fn from(e: crate::auth::gate::GateError) -> Error {
+        use crate::auth::gate::GateError as G;
+        match e {
+            G::Missing => Error::MissingToken,
+            G::Invalid(why) => Error::InvalidToken(why),
+            G::Forbidden => Error::Forbidden,
+            G::Malformed(msg) => Error::BadRequest(msg),
         }
     }
 }

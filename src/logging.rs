@@ -1,7 +1,7 @@
 //! Log output: JSON lines (or text) through tracing, filtered by `log.level`, which a reload can
 //! change. Records from the `log` crate (pingora's own) are routed into the same output.
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::LogFormat;
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
@@ -9,14 +9,15 @@ type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
-/// Install the global subscriber; a second call (tests) is a no-op.
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Install the global subscriber with `level` (a tracing filter); a second call (tests) is a
+/// no-op.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .with_target(true);
-    match settings.format {
+    match format {
         LogFormat::Json => {
             let builder = builder
                 .json()

@@ -7,9 +7,10 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use portcullis::app::{run, AppState};
 use portcullis::clock::SystemClock;
 use portcullis::config::{Config, ConfigError, RawConfig, Sources};
+use portcullis::server::run;
+use portcullis::state::AppState;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -239,10 +240,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            portcullis::logging::init(&config.log);
+            portcullis::logging::init(config.log.format, &config.live.log_level);
             let sources = Sources::from_process(arg.config.as_deref());
             if upgrade {
-                return match portcullis::app::upgrade(config, Arc::new(SystemClock), sources) {
+                return match portcullis::server::upgrade(config, Arc::new(SystemClock), sources) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(message) => {
                         tracing::error!(error = %message, "cannot take over");

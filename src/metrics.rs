@@ -24,6 +24,8 @@ pub struct Metrics {
     pub sessions: IntGauge,
     /// Time of one argon2id hash or verification, seconds.
     pub hash_seconds: Histogram,
+    /// argon2id hashes and verifications queued or running.
+    pub hashes_in_flight: IntGauge,
     /// Email deliveries by outcome (`sent`, `retried`, `dropped`).
     pub mail: IntCounterVec,
     /// Audit events that could not be written.
@@ -109,6 +111,11 @@ impl Metrics {
                 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
             ]),
         )?;
+        let hashes_in_flight = IntGauge::new(
+            "portcullis_password_hashes_in_flight",
+            "argon2id hashes and verifications queued or running",
+        )?;
+        registry.register(Box::new(hashes_in_flight.clone()))?;
         let mail = IntCounterVec::new(
             Opts::new("portcullis_mail_total", "Email deliveries, by outcome"),
             &["outcome"],
@@ -156,6 +163,7 @@ impl Metrics {
             registrations,
             sessions,
             hash_seconds,
+            hashes_in_flight,
             mail,
             audit_failures,
             rate_limits,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use portcullis::api::{self, ApiRequest};
-use portcullis::app::AppState;
+use portcullis::state::AppState;
 use portcullis::clock::ManualClock;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};

@@ -9,25 +9,18 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::proxy::path::{normalize_path, parse_target};
-use portcullis::proxy::route::{Destination, PeerTimeouts, Route, RouteTable};
+use portcullis::routes::{Destination, Route, RouteTable};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 fn table() -> &'static RouteTable {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         let config = common::config("");
-        let t = Duration::from_secs(1);
-        let timeouts = PeerTimeouts {
-            connect: t,
-            read: t,
-            write: t,
-            idle: t,
-        };
         let routes = config
+            .live
             .routes
             .iter()
-            .map(|spec| Route::new(spec, timeouts, None))
+            .map(|spec| Route::new(spec, None))
             .collect();
         RouteTable::new(&config.api.prefix, routes)
     })

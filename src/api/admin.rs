@@ -1,18 +1,12 @@
-//! Administration: listing, creating, reading, changing and deleting accounts, and reading the
-//! audit log. Admin role only. An admin cannot delete itself, and the last active admin cannot
-//! be demoted, locked or deleted.
+//! Administration endpoints (admins only): accounts and the audit log.
 
-use super::register::new_account;
-use super::{
-    admin_caller, audit, blocking, event, fields, parse_json, query_param, user_view, ApiRequest,
-    ApiResponse,
-};
-use crate::app::AppState;
+use super::views::{user_view, AuditPage, Detail, Message, UserView};
+use super::{parse_json, query_param, ApiRequest, ApiResponse, Call};
+use crate::accounts::{AdminChanges, NewUser, Registration};
 use crate::error::Error;
-use crate::store::models::{AuditEvent, AuditFilter, User, ROLE_ADMIN, ROLE_USER};
+use crate::store::models::{AuditFilter, AuditKind};
 use http::StatusCode;
 use serde::Deserialize;
-use std::sync::Arc;
 
 fn number(req: &ApiRequest, name: &str, default: u64, max: u64) -> Result<u64, Error> {
     match query_param(req, name) {
@@ -26,28 +20,24 @@ fn number(req: &ApiRequest, name: &str, default: u64, max: u64) -> Result<u64, E
     }
 }
 
-fn admin_event(
-    req: &ApiRequest,
-    kind: &str,
-    outcome: &str,
-    actor: &User,
-    target: Option<&str>,
-) -> AuditEvent {
-    let mut ev = event(req, kind, outcome, target);
-    ev.actor = Some(actor.id.clone());
-    ev
+/// The `{id}` of the path (the table only routes here with one).
+fn target<'a>(call: &Call<'a>) -> &'a str {
+    call.id.unwrap_or_default()
 }
 
 #[utoipa::path(get, path = "/accounts_management/", tag = "administration", security(("bearer" = [])),
     params(("skip" = Option<u64>, Query, description = "Accounts to skip"), ("limit" = Option<u64>, Query, description = "At most accounts.max_page_size")),
-    responses((status = 200, description = "Accounts in id order", body = Vec<super::openapi::UserView>), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
-pub async fn list(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
-    admin_caller(state, req).await?;
-    let max = state.config.accounts.max_page_size as u64;
-    let skip = number(req, "skip", 0, u64::from(u32::MAX))? as usize;
-    let limit = number(req, "limit", max, max)? as usize;
-    let users = blocking(state, move |s| Ok(s.list_users(skip, limit)?)).await?;
-    let views: Vec<_> = users.iter().map(|u| user_view(state, u, req.now)).collect();
+    responses((status = 200, description = "Accounts in id order", body = Vec<UserView>), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 422, description = "Malformed body", body = Detail)))]
+pub async fn list(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let max = call.state.config.accounts.max_page_size as u64;
+    let skip = number(call.req, "skip", 0, u64::from(u32::MAX))? as usize;
+    let limit = number(call.req, "limit", max, max)? as usize;
+    let accounts = &call.state.accounts;
+    let users = accounts.list_users(skip, limit).await?;
+    let views: Vec<_> = users
+        .iter()
+        .map(|u| user_view(accounts, u, call.req.now))
+        .collect();
     Ok(ApiResponse::ok(serde_json::Value::Array(views)))
 }
 
@@ -66,63 +56,41 @@ struct CreateBody {
 }
 
 #[utoipa::path(post, path = "/accounts_management/", tag = "administration", security(("bearer" = [])), request_body = CreateBody,
-    responses((status = 201, description = "Created", body = super::openapi::UserView), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
-pub async fn create(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
-    let (_, admin) = admin_caller(state, req).await?;
-    let body: CreateBody = parse_json(&req.body)?;
-    let role = fields::role(body.role.as_deref().unwrap_or(ROLE_USER))?;
-    let account = new_account(
-        &state.config.passwords,
-        &state.hasher,
-        &body.email,
-        &body.nickname,
-        &body.password,
-        &body.passphrase,
-        body.customer_account.as_deref(),
-    )
-    .await?;
-    let now = req.now;
-    let user = account.into_user(&role, body.lock.unwrap_or(false), true, now);
-    let user = blocking(state, move |s| Ok(s.create_user(user, false, &[], None)?)).await?;
-    state
-        .metrics
-        .registrations
-        .with_label_values(&["admin_created"])
-        .inc();
-    audit(
-        state,
-        vec![admin_event(
-            req,
-            "admin_create",
-            "success",
-            &admin,
-            Some(&user.id),
-        )],
-    )
-    .await;
+    responses((status = 201, description = "Created", body = UserView), (status = 400, description = "A rule is broken", body = Detail), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 422, description = "Malformed body", body = Detail)))]
+pub async fn create(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let admin = &call.caller()?.user;
+    let body: CreateBody = parse_json(&call.req.body)?;
+    let accounts = &call.state.accounts;
+    let user = accounts
+        .create_user(
+            &call.ctx,
+            admin,
+            NewUser {
+                account: Registration {
+                    email: &body.email,
+                    nickname: &body.nickname,
+                    password: &body.password,
+                    passphrase: &body.passphrase,
+                    customer_account: body.customer_account.as_deref(),
+                },
+                role: body.role.as_deref(),
+                lock: body.lock,
+            },
+        )
+        .await?;
     Ok(ApiResponse::with_status(
         StatusCode::CREATED,
-        user_view(state, &user, now),
+        user_view(accounts, &user, call.req.now),
     ))
-}
-
-async fn target(state: &Arc<AppState>, id: &str) -> Result<User, Error> {
-    if id.len() > 64 {
-        return Err(Error::NotFound);
-    }
-    let id = id.to_string();
-    blocking(state, move |s| Ok(s.user_by_id(&id)?))
-        .await?
-        .ok_or(Error::NotFound)
 }
 
 #[utoipa::path(get, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, description = "The account", body = super::openapi::UserView), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail)))]
-pub async fn show(state: &Arc<AppState>, req: &ApiRequest, id: &str) -> Result<ApiResponse, Error> {
-    admin_caller(state, req).await?;
-    let user = target(state, id).await?;
-    Ok(ApiResponse::ok(user_view(state, &user, req.now)))
+    responses((status = 200, description = "The account", body = UserView), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 404, description = "No such user", body = Detail)))]
+pub async fn show(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let accounts = &call.state.accounts;
+    let user = accounts.user(target(&call)).await?;
+    Ok(ApiResponse::ok(user_view(accounts, &user, call.req.now)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -138,91 +106,29 @@ struct AdminUpdateBody {
 
 #[utoipa::path(put, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])), request_body = AdminUpdateBody,
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, description = "Updated; role, lock and password changes end the user's sessions", body = super::openapi::Message), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
-pub async fn update(
-    state: &Arc<AppState>,
-    req: &ApiRequest,
-    id: &str,
-) -> Result<ApiResponse, Error> {
-    let (_, admin) = admin_caller(state, req).await?;
-    let user = target(state, id).await?;
-    let body: AdminUpdateBody = parse_json(&req.body)?;
-    let role = body.role.as_deref().map(fields::role).transpose()?;
-    let fields::ProfileChanges {
-        nickname,
-        email,
-        customer_account,
-        passphrase,
-        password,
-    } = fields::ProfileChanges::validate(
-        &state.config.passwords,
-        &user,
-        body.nickname.as_deref(),
-        body.email.as_deref(),
-        body.customer_account.as_deref(),
-        body.passphrase.as_deref(),
-        body.password.as_deref(),
-    )?;
-    let demoting = user.is_admin() && role.as_deref().is_some_and(|r| r != ROLE_ADMIN);
-    let locking = body.lock == Some(true) && !user.locked;
-    if user.is_admin() && (demoting || locking) {
-        let uid = user.id.clone();
-        let others = blocking(state, move |s| Ok(s.count_active_admins_except(&uid)?)).await?;
-        if others == 0 {
-            return Err(Error::Invalid(
-                "The last admin cannot be demoted or locked".into(),
-            ));
-        }
-    }
-    let password_hash = state.hasher.hash_opt(password).await?;
-    let passphrase_hash = state.hasher.hash_opt(passphrase).await?;
-    let revoke = demoting
-        || locking
-        || password_hash.is_some()
-        || role.as_deref().is_some_and(|r| r != user.role);
-    let now = req.now;
-    let uid = user.id.clone();
-    let lock = body.lock;
-    blocking(state, move |s| {
-        s.update_user::<Error>(&uid, &[], |u| {
-            fields::apply_profile(
-                u,
-                nickname,
-                customer_account,
-                password_hash,
-                passphrase_hash,
-            );
-            if let Some(e) = email {
-                if !e.eq_ignore_ascii_case(&u.email) {
-                    u.email = e;
-                }
-            }
-            if let Some(r) = role {
-                u.role = r;
-            }
-            if let Some(l) = lock {
-                u.locked = l;
-            }
-            u.updated_at = now;
-            Ok(())
-        })?;
-        Ok(())
-    })
-    .await?;
-    if revoke {
-        state.revoke_sessions(&user.id, None).await?;
-    }
-    audit(
-        state,
-        vec![admin_event(
-            req,
-            "admin_update",
-            "success",
-            &admin,
-            Some(&user.id),
-        )],
-    )
-    .await;
+    responses((status = 200, description = "Updated; role, lock and password changes end the user's sessions", body = Message), (status = 400, description = "A rule is broken", body = Detail), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 404, description = "No such user", body = Detail), (status = 422, description = "Malformed body", body = Detail)))]
+pub async fn update(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let admin = &call.caller()?.user;
+    let accounts = &call.state.accounts;
+    // An unknown account is 404 whatever the body says.
+    let user = accounts.user(target(&call)).await?;
+    let body: AdminUpdateBody = parse_json(&call.req.body)?;
+    accounts
+        .update_user(
+            &call.ctx,
+            admin,
+            &user,
+            AdminChanges {
+                nickname: body.nickname.as_deref(),
+                email: body.email.as_deref(),
+                password: body.password.as_deref(),
+                customer_account: body.customer_account.as_deref(),
+                passphrase: body.passphrase.as_deref(),
+                role: body.role.as_deref(),
+                lock: body.lock,
+            },
+        )
+        .await?;
     Ok(ApiResponse::ok(
         serde_json::json!({ "message": "User updated successfully" }),
     ))
@@ -230,31 +136,12 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/accounts_management/{id}", tag = "administration", security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, description = "Deleted", body = super::openapi::Message), (status = 400, description = "A rule is broken", body = super::openapi::Detail), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 404, description = "No such user", body = super::openapi::Detail)))]
-pub async fn delete(
-    state: &Arc<AppState>,
-    req: &ApiRequest,
-    id: &str,
-) -> Result<ApiResponse, Error> {
-    let (_, admin) = admin_caller(state, req).await?;
-    let user = target(state, id).await?;
-    if user.id == admin.id {
-        return Err(Error::Invalid("An admin cannot delete itself".into()));
-    }
-    let uid = user.id.clone();
-    let ended = blocking(state, move |s| Ok(s.delete_user(&uid, &[])?)).await?;
-    state.sessions.remove(&ended);
-    audit(
-        state,
-        vec![admin_event(
-            req,
-            "admin_delete",
-            "success",
-            &admin,
-            Some(&user.id),
-        )],
-    )
-    .await;
+    responses((status = 200, description = "Deleted", body = Message), (status = 400, description = "A rule is broken", body = Detail), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 404, description = "No such user", body = Detail)))]
+pub async fn delete(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let admin = &call.caller()?.user;
+    let accounts = &call.state.accounts;
+    let user = accounts.user(target(&call)).await?;
+    accounts.delete_user(&call.ctx, admin, &user).await?;
     Ok(ApiResponse::ok(
         serde_json::json!({ "message": "User deleted successfully" }),
     ))
@@ -262,12 +149,12 @@ pub async fn delete(
 
 /// `GET /audit?user=&kind=&since=&until=&before=&limit=`, newest first.
 #[utoipa::path(get, path = "/audit", tag = "administration", security(("bearer" = [])),
-    params(("user" = Option<String>, Query, description = "User id"), ("kind" = Option<String>, Query, description = "Event kind"),
+    params(("user" = Option<String>, Query, description = "User id"), ("kind" = Option<AuditKind>, Query, description = "Event kind"),
         ("since" = Option<i64>, Query, description = "Unix seconds"), ("until" = Option<i64>, Query, description = "Unix seconds"),
         ("before" = Option<u64>, Query, description = "Sequence number to page before"), ("limit" = Option<u64>, Query, description = "At most 1000")),
-    responses((status = 200, description = "Events, newest first", body = super::openapi::AuditPage), (status = 401, description = "No valid token or session", body = super::openapi::Detail), (status = 403, description = "Not an admin", body = super::openapi::Detail), (status = 422, description = "Malformed body", body = super::openapi::Detail)))]
-pub async fn audit_log(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiResponse, Error> {
-    admin_caller(state, req).await?;
+    responses((status = 200, description = "Events, newest first", body = AuditPage), (status = 401, description = "No valid token or session", body = Detail), (status = 403, description = "Not an admin", body = Detail), (status = 422, description = "Malformed body", body = Detail)))]
+pub async fn audit_log(call: Call<'_>) -> Result<ApiResponse, Error> {
+    let req = call.req;
     let opt_number = |name: &str| -> Result<Option<i64>, Error> {
         query_param(req, name)
             .map(|v| {
@@ -276,9 +163,16 @@ pub async fn audit_log(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRes
             })
             .transpose()
     };
+    let kind = match query_param(req, "kind").filter(|k| !k.is_empty()) {
+        None => None,
+        Some(k) => Some(
+            AuditKind::parse(&k)
+                .ok_or_else(|| Error::Unprocessable(format!("unknown event kind {k:?}")))?,
+        ),
+    };
     let filter = AuditFilter {
         user_id: query_param(req, "user").filter(|u| !u.is_empty()),
-        kind: query_param(req, "kind").filter(|k| !k.is_empty()),
+        kind,
         since: opt_number("since")?,
         until: opt_number("until")?,
         before_seq: query_param(req, "before")
@@ -291,7 +185,7 @@ pub async fn audit_log(state: &Arc<AppState>, req: &ApiRequest) -> Result<ApiRes
         limit: number(req, "limit", 100, 1000)? as usize,
     };
     let limit = filter.limit;
-    let events = blocking(state, move |s| Ok(s.audit_events(&filter)?)).await?;
+    let events = call.state.accounts.audit_log(filter).await?;
     let next = if events.len() == limit {
         events.last().map(|e| e.seq)
     } else {

@@ -1,27 +1,31 @@
-//! The accounts API, independent of pingora: an `ApiRequest` in, an `ApiResponse` or an
-//! `Error` out. One file per area; this one routes and holds the helpers they share.
+//! The accounts HTTP API, independent of pingora: an `ApiRequest` in, an `ApiResponse` or an
+//! `Error` out. `endpoints.rs` holds the one table of endpoints (path, methods, access, limit
+//! class, handler) from which dispatch, 404/405 and the OpenAPI document derive; handlers are
+//! thin adapters (parse, call `accounts`, render a view).
 
 mod account;
 mod admin;
-pub mod fields;
+mod endpoints;
 mod login;
 pub mod openapi;
 mod recovery;
 mod register;
-
-pub use register::{new_account, NewAccount};
 mod verify;
+pub mod views;
 
-use crate::app::AppState;
-use crate::auth::tokens::Identity;
+pub use endpoints::{endpoints, Access, Endpoint, Limit};
+
+use crate::accounts::Context;
+use crate::auth::gate;
+use crate::auth::limiter::Decision;
+use crate::auth::sessions::Identity;
 use crate::error::Error;
-use crate::store::models::{AuditEvent, User};
-use crate::store::Store;
+use crate::state::{AppState, Live};
+use crate::store::models::User;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde::de::DeserializeOwned;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// One request to the accounts API, with its path relative to `api.prefix`.
 #[derive(Debug)]
@@ -36,6 +40,17 @@ pub struct ApiRequest {
     pub request_id: String,
     /// Unix seconds, read once at the edge.
     pub now: i64,
+}
+
+impl ApiRequest {
+    /// The domain's view of where and when this request happens.
+    pub fn context(&self) -> Context {
+        Context {
+            now: self.now,
+            request_id: self.request_id.clone(),
+            client_ip: self.client_ip,
+        }
+    }
 }
 
 /// A successful API answer: a status and a JSON body (or, for the docs page, raw bytes).
@@ -58,12 +73,7 @@ pub struct RawBody {
 
 impl ApiResponse {
     pub fn ok(body: serde_json::Value) -> ApiResponse {
-        ApiResponse {
-            status: StatusCode::OK,
-            body,
-            no_store: false,
-            raw: None,
-        }
+        ApiResponse::with_status(StatusCode::OK, body)
     }
 
     pub fn with_status(status: StatusCode, body: serde_json::Value) -> ApiResponse {
@@ -76,119 +86,123 @@ impl ApiResponse {
     }
 }
 
-/// The endpoints, as (path pattern, methods). `{id}` is one path segment.
-const ENDPOINTS: &[(&str, &[Method])] = &[
-    ("/", &[Method::GET, Method::HEAD]),
-    ("/register", &[Method::POST]),
-    ("/login", &[Method::POST]),
-    ("/logout", &[Method::POST]),
-    ("/recovery", &[Method::POST]),
-    ("/verify-email", &[Method::GET]),
-    ("/verify-email/resend", &[Method::POST]),
-    ("/my_account", &[Method::GET, Method::PUT]),
-    ("/my_account/delete", &[Method::DELETE]),
-    ("/accounts_management", &[Method::GET, Method::POST]),
-    (
-        "/accounts_management/{id}",
-        &[Method::GET, Method::PUT, Method::DELETE],
-    ),
-    ("/verify", &[Method::POST]),
-    ("/audit", &[Method::GET]),
-    ("/openapi.json", &[Method::GET]),
-    ("/docs", &[Method::GET]),
-    ("/docs/swagger-ui.css", &[Method::GET]),
-    ("/docs/swagger-ui-bundle.js", &[Method::GET]),
-    ("/docs/init.js", &[Method::GET]),
-];
-
-/// The endpoint pattern a path matches (a trailing slash is ignored), and the `{id}` if any.
-fn endpoint(path: &str) -> Option<(&'static str, &'static [Method], Option<&str>)> {
-    let p = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
-    for (pattern, methods) in ENDPOINTS {
-        if let Some(base) = pattern.strip_suffix("/{id}") {
-            if let Some(id) = p.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
-                if !id.is_empty() && !id.contains('/') {
-                    return Some((pattern, methods, Some(id)));
-                }
-            }
-        } else if *pattern == p {
-            return Some((pattern, methods, None));
-        }
-    }
-    None
+/// Who is calling, as the endpoint's access rule established it.
+pub struct Caller {
+    pub identity: Identity,
+    pub user: User,
+    /// The service that presented its token (`Access::Service`).
+    pub service: Option<String>,
 }
 
-/// Is `path` one of the endpoints used without a session (limited per client IP)?
-pub fn is_public(path: &str) -> bool {
-    matches!(
-        endpoint(path).map(|(p, _, _)| p),
-        None | Some(
-            "/" | "/register"
-                | "/login"
-                | "/recovery"
-                | "/verify-email"
-                | "/verify-email/resend"
-                | "/openapi.json"
-                | "/docs"
-                | "/docs/swagger-ui.css"
-                | "/docs/swagger-ui-bundle.js"
-                | "/docs/init.js"
-        )
-    )
+/// What a handler gets: the state, the request, the domain context, the caller (for every
+/// access rule but `Public`) and the `{id}` path segment, if the endpoint has one.
+pub struct Call<'a> {
+    pub state: &'a AppState,
+    pub req: &'a ApiRequest,
+    pub ctx: Context,
+    pub caller: Option<Caller>,
+    pub id: Option<&'a str>,
+}
+
+impl Call<'_> {
+    /// The authenticated caller (present on every endpoint whose access is not `Public`).
+    pub fn caller(&self) -> Result<&Caller, Error> {
+        self.caller
+            .as_ref()
+            .ok_or_else(|| Error::Internal("endpoint without a caller".into()))
+    }
+}
+
+/// Answer one API request: find its endpoint (404; 405 for another method), establish the
+/// caller its access rule needs (401/403), then run the handler.
+pub async fn handle(state: &AppState, req: ApiRequest) -> Result<ApiResponse, Error> {
+    let found = endpoints::find(&req.path).ok_or(Error::NotFound)?;
+    let endpoint = found
+        .endpoint_for(&req.method)
+        .ok_or(Error::MethodNotAllowed)?;
+    let caller = match endpoint.access {
+        Access::Public => None,
+        Access::User => Some(user_caller(state, &req, false).await?),
+        Access::Admin => Some(user_caller(state, &req, true).await?),
+        Access::Service => {
+            let service = verify::service_name(state, &req).await?;
+            let mut caller = user_caller(state, &req, false).await?;
+            caller.service = Some(service);
+            Some(caller)
+        }
+    };
+    let call = Call {
+        state,
+        ctx: req.context(),
+        req: &req,
+        caller,
+        id: found.id,
+    };
+    (endpoint.handler)(call).await
+}
+
+/// The caller's live session and current user record (401), an admin if `admin` (403).
+async fn user_caller(state: &AppState, req: &ApiRequest, admin: bool) -> Result<Caller, Error> {
+    let credential = gate::credential(&req.headers)?.ok_or(Error::MissingToken)?;
+    let identity = gate::authenticate(&state.tokens, &state.sessions, credential, req.now)?;
+    let user = if admin {
+        state.accounts.admin_caller(&identity).await?
+    } else {
+        state.accounts.caller(&identity).await?
+    };
+    Ok(Caller {
+        identity,
+        user,
+        service: None,
+    })
 }
 
 /// Does the API serve `path`? Used when it is mounted at the root.
 pub fn owns(path: &str) -> bool {
-    endpoint(path).is_some()
+    endpoints::find(path).is_some()
 }
 
-/// The methods an endpoint accepts, for `Allow` on a 405.
-pub fn allowed_methods(path: &str) -> Option<&'static [Method]> {
-    endpoint(path).map(|(_, m, _)| m)
+/// The methods `path` accepts, for `Allow` on a 405.
+pub fn allowed_methods(path: &str) -> Vec<Method> {
+    endpoints::find(path)
+        .map(|found| found.methods())
+        .unwrap_or_default()
 }
 
-/// Answer one API request.
-pub async fn handle(state: &Arc<AppState>, req: ApiRequest) -> Result<ApiResponse, Error> {
-    let (pattern, methods, id) = endpoint(&req.path).ok_or(Error::NotFound)?;
-    if !methods.contains(&req.method) {
-        return Err(Error::MethodNotAllowed);
-    }
-    let id = id.map(str::to_string);
-    match (pattern, &req.method) {
-        ("/", _) => Ok(ApiResponse::ok(serde_json::json!({
-            "message": "Welcome to portcullis, the authentication gateway"
-        }))),
-        ("/register", _) => register::register(state, &req).await,
-        ("/verify-email", _) => register::verify_email(state, &req).await,
-        ("/verify-email/resend", _) => register::resend(state, &req).await,
-        ("/login", _) => login::login(state, &req).await,
-        ("/logout", _) => login::logout(state, &req).await,
-        ("/recovery", _) => recovery::recover(state, &req).await,
-        ("/my_account", &Method::GET) => account::show(state, &req).await,
-        ("/my_account", _) => account::update(state, &req).await,
-        ("/my_account/delete", _) => account::delete(state, &req).await,
-        ("/accounts_management", &Method::GET) => admin::list(state, &req).await,
-        ("/accounts_management", _) => admin::create(state, &req).await,
-        ("/accounts_management/{id}", m) => {
-            let id = id.unwrap_or_default();
-            match *m {
-                Method::GET => admin::show(state, &req, &id).await,
-                Method::PUT => admin::update(state, &req, &id).await,
-                _ => admin::delete(state, &req, &id).await,
-            }
+/// Count an API request against its endpoint's limit class: per user (from a valid token) on
+/// `PerUser` endpoints, per client IP on the others and for callers without a valid token.
+/// Runs before the body is read.
+pub fn admit(
+    state: &AppState,
+    live: &Live,
+    path: &str,
+    headers: &HeaderMap,
+    client_ip: Option<IpAddr>,
+    now: i64,
+) -> Result<Decision, Error> {
+    let per_user = endpoints::find(path).is_some_and(|f| f.limit() == Limit::PerUser);
+    if per_user {
+        let user = gate::credential(headers)
+            .ok()
+            .flatten()
+            .map(|gate::Credential::Bearer(token)| token)
+            .and_then(|t| state.tokens.validate(t, now).ok());
+        if let Some(claims) = user {
+            return live
+                .limits
+                .private
+                .admit(
+                    claims.user_id.as_str(),
+                    "api_private",
+                    &state.metrics.rate_limits,
+                )
+                .map_err(Error::Throttled);
         }
-        ("/verify", _) => verify::verify(state, &req).await,
-        ("/audit", _) => admin::audit_log(state, &req).await,
-        ("/openapi.json", _) => Ok(ApiResponse::ok(openapi::document(&state.config.api.prefix))),
-        (docs, _) if docs.starts_with("/docs") => {
-            Ok(openapi::docs_page(docs, &state.config.api.prefix))
-        }
-        _ => Err(Error::NotFound),
     }
+    live.limits
+        .public
+        .admit(client_ip, "api_public", &state.metrics.rate_limits)
+        .map_err(Error::Throttled)
 }
 
 /// Parse a JSON body; malformed JSON, wrong types and missing fields are 422.
@@ -207,118 +221,6 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     })
 }
 
-/// Run blocking store work off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    work: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || work(&store))
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-}
-
-/// The caller's live session and current user record, or 401.
-pub async fn authenticated(
-    state: &Arc<AppState>,
-    req: &ApiRequest,
-) -> Result<(Identity, User), Error> {
-    let identity = state.authenticate(&req.headers, req.now)?;
-    let user_id = identity.user_id.clone();
-    let user = blocking(state, move |s| Ok(s.user_by_id(&user_id)?)).await?;
-    match user {
-        Some(u) if !u.locked => Ok((identity, u)),
-        _ => Err(Error::InvalidToken("user_gone")),
-    }
-}
-
-/// Like `authenticated`, and the user must be an admin (403 otherwise).
-pub async fn admin_caller(
-    state: &Arc<AppState>,
-    req: &ApiRequest,
-) -> Result<(Identity, User), Error> {
-    let (identity, user) = authenticated(state, req).await?;
-    if !user.is_admin() {
-        return Err(Error::Forbidden);
-    }
-    Ok((identity, user))
-}
-
-/// Build an audit event for this request.
-pub fn event(req: &ApiRequest, kind: &str, outcome: &str, user_id: Option<&str>) -> AuditEvent {
-    AuditEvent {
-        seq: 0,
-        at: req.now,
-        kind: kind.to_string(),
-        outcome: outcome.to_string(),
-        user_id: user_id.map(str::to_string),
-        actor: None,
-        request_id: req.request_id.clone(),
-        client_ip: req.client_ip.to_string(),
-        detail: None,
-    }
-}
-
-/// Write audit events; a failure is logged and counted, never shown to the client.
-pub async fn audit(state: &Arc<AppState>, events: Vec<AuditEvent>) {
-    if let Err(e) = state.audit_writer.append(events).await {
-        state.metrics.audit_failures.inc();
-        tracing::error!(error = %e, "cannot write audit events");
-    }
-}
-
-/// "3h 5m 10s" for a number of seconds.
-pub fn human_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let mut out = Vec::new();
-    if d > 0 {
-        out.push(format!("{d}d"));
-    }
-    if h > 0 {
-        out.push(format!("{h}h"));
-    }
-    if m > 0 {
-        out.push(format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push(format!("{s}s"));
-    }
-    out.join(" ")
-}
-
-/// The public view of a user (never a hash), with its activity.
-pub fn user_view(state: &AppState, user: &User, now: i64) -> serde_json::Value {
-    let last_seen = state.sessions.last_seen_of(&user.id, now);
-    serde_json::json!({
-        "id": user.id,
-        "email": user.email,
-        "nickname": user.nickname,
-        "customer_account": user.customer_account,
-        "role": user.role,
-        "lock": user.locked,
-        "email_verified": user.email_verified,
-        "created_at": user.created_at,
-        "is_logged_in": last_seen.is_some(),
-        "last_seen": last_seen,
-        "idle_duration": last_seen.map(|seen| human_duration(now - seen)),
-    })
-}
-
-/// A random token of 256 bits, URL-safe, and the SHA-256 (hex) it is stored under.
-pub fn random_token() -> (String, String) {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    (token.clone(), token_hash(&token))
-}
-
-pub fn token_hash(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
 /// Value of a query parameter (percent-decoded), if present.
 pub fn query_param(req: &ApiRequest, name: &str) -> Option<String> {
     req.query.as_deref()?.split('&').find_map(|kv| {
@@ -329,32 +231,4 @@ pub fn query_param(req: &ApiRequest, name: &str) -> Option<String> {
                 .into_owned()
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_match_with_or_without_trailing_slash() {
-        assert_eq!(endpoint("/my_account/").map(|e| e.0), Some("/my_account"));
-        assert_eq!(endpoint("/my_account").map(|e| e.0), Some("/my_account"));
-        assert_eq!(
-            endpoint("/accounts_management/abc").map(|e| (e.0, e.2)),
-            Some(("/accounts_management/{id}", Some("abc")))
-        );
-        assert_eq!(
-            endpoint("/accounts_management/").map(|e| e.0),
-            Some("/accounts_management")
-        );
-        assert!(endpoint("/accounts_management/a/b").is_none());
-        assert!(endpoint("/nope").is_none());
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_duration(0), "0s");
-        assert_eq!(human_duration(3725), "1h 2m 5s");
-        assert_eq!(human_duration(90_000), "1d 1h");
-    }
 }

@@ -1,90 +1,14 @@
-//! The OpenAPI 3.1 description of the accounts API, generated from the handlers' `utoipa::path`
-//! annotations and the request types; served at `{prefix}/openapi.json`. The response shapes
-//! below mirror what the handlers write.
+//! The OpenAPI 3.1 description of the accounts API, built from the endpoint table (each line's
+//! handler annotation) and served at `{prefix}/openapi.json`, with the interactive docs page.
 
-use serde::Serialize;
+use super::views::{Detail, Message};
+use super::ApiResponse;
+use utoipa::openapi::path::{HttpMethod, Operation, PathItem, PathsBuilder};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
 use utoipa::openapi::ServerBuilder;
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// `{"detail": "…"}`: every error.
-#[derive(Serialize, ToSchema)]
-pub struct Detail {
-    pub detail: String,
-}
-
-/// `{"message": "…"}`.
-#[derive(Serialize, ToSchema)]
-pub struct Message {
-    pub message: String,
-}
-
-/// Answer of a registration.
-#[derive(Serialize, ToSchema)]
-pub struct Created {
-    pub id: String,
-    pub nickname: String,
-    pub email: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct LoginUser {
-    pub id: String,
-    pub nickname: String,
-    pub email: String,
-    pub role: String,
-}
-
-/// Answer of a login (sent with `Cache-Control: no-store`).
-#[derive(Serialize, ToSchema)]
-pub struct LoginResponse {
-    pub access_token: String,
-    /// Always `bearer`.
-    pub token_type: String,
-    /// Seconds until the token expires.
-    pub expires_in: i64,
-    pub user: LoginUser,
-}
-
-/// A user as the API shows it; never a hash or a passphrase.
-#[derive(Serialize, ToSchema)]
-pub struct UserView {
-    pub id: String,
-    pub email: String,
-    pub nickname: String,
-    pub customer_account: String,
-    /// `user` or `admin`.
-    pub role: String,
-    pub lock: bool,
-    pub email_verified: bool,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub is_logged_in: bool,
-    /// Unix seconds of the last activity of a live session.
-    pub last_seen: Option<i64>,
-    /// Time since `last_seen`, e.g. `1h 2m 5s`.
-    pub idle_duration: Option<String>,
-}
-
-/// Answer of `/verify`.
-#[derive(Serialize, ToSchema)]
-pub struct VerifyResponse {
-    pub id: String,
-    pub email: String,
-    pub nickname: String,
-    pub role: String,
-    pub valid: bool,
-    pub lock: bool,
-    pub customer_account: String,
-}
-
-/// A page of audit events, newest first.
-#[derive(Serialize, ToSchema)]
-pub struct AuditPage {
-    pub events: Vec<crate::store::models::AuditEvent>,
-    /// Pass as `before` for the next page; null on the last page.
-    pub next_before: Option<u64>,
-}
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 struct Security;
 
@@ -110,32 +34,51 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "portcullis accounts API", description = "Registration, login, sessions, recovery, self-service, administration and inter-service verification."),
-    paths(
-        super::register::register,
-        super::register::verify_email,
-        super::register::resend,
-        super::login::login,
-        super::login::logout,
-        super::recovery::recover,
-        super::account::show,
-        super::account::update,
-        super::account::delete,
-        super::admin::list,
-        super::admin::create,
-        super::admin::show,
-        super::admin::update,
-        super::admin::delete,
-        super::admin::audit_log,
-        super::verify::verify,
-    ),
-    components(schemas(Detail, Message)),
     modifiers(&Security)
 )]
 struct ApiDoc;
 
-/// The document, with the API prefix as its server.
-pub fn document(prefix: &str) -> serde_json::Value {
+/// The OpenAPI description of an endpoint, from its handler's `#[utoipa::path]` annotation.
+#[derive(Clone, Copy)]
+pub struct Doc {
+    pub path: fn() -> String,
+    pub methods: fn() -> Vec<HttpMethod>,
+    pub operation: fn() -> Operation,
+    pub schemas: fn(&mut Vec<(String, RefOr<Schema>)>),
+}
+
+impl Doc {
+    /// The description of the handler whose annotation generated `P`.
+    pub fn of<P: utoipa::Path + utoipa::__dev::SchemaReferences>() -> Doc {
+        Doc {
+            path: P::path,
+            methods: P::methods,
+            operation: P::operation,
+            schemas: P::schemas,
+        }
+    }
+}
+
+/// The document of the endpoints described by `docs`, with the API prefix as its server.
+pub fn document<'a>(prefix: &str, docs: impl Iterator<Item = &'a Doc>) -> serde_json::Value {
     let mut doc = ApiDoc::openapi();
+    let mut paths = PathsBuilder::new();
+    let mut schemas = vec![
+        (Detail::name().into_owned(), Detail::schema()),
+        (Message::name().into_owned(), Message::schema()),
+    ];
+    for d in docs {
+        paths = paths.path(
+            (d.path)(),
+            PathItem::from_http_methods((d.methods)(), (d.operation)()),
+        );
+        (d.schemas)(&mut schemas);
+    }
+    doc.paths = paths.build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (name, schema) in schemas {
+        components.schemas.entry(name).or_insert(schema);
+    }
     doc.servers = Some(vec![ServerBuilder::new()
         .url(if prefix.is_empty() { "/" } else { prefix })
         .build()]);
@@ -148,7 +91,7 @@ const SWAGGER_CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.cs
 const SWAGGER_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
 
 /// The interactive documentation page and its assets, all served by portcullis (no CDN).
-pub fn docs_page(path: &str, prefix: &str) -> super::ApiResponse {
+pub fn docs_page(path: &str, prefix: &str) -> ApiResponse {
     let (content_type, bytes, cache) = match path.trim_end_matches('/') {
         "/docs/swagger-ui.css" => (
             "text/css; charset=utf-8",
@@ -181,12 +124,12 @@ pub fn docs_page(path: &str, prefix: &str) -> super::ApiResponse {
     if cache {
         headers.push(("cache-control", "public, max-age=86400".to_string()));
     }
-    super::ApiResponse {
+    ApiResponse {
         raw: Some(super::RawBody {
             content_type,
             bytes,
             headers,
         }),
-        ..super::ApiResponse::ok(serde_json::Value::Null)
+        ..ApiResponse::ok(serde_json::Value::Null)
     }
 }

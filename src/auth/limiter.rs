@@ -177,6 +177,28 @@ impl KeyedLimiter {
     pub fn quota(&self) -> Quota {
         self.quota
     }
+
+    /// Count one request for `key` and decide, recording the decision under `scope` in
+    /// `decisions` (labels scope and `allow`/`throttle`). `Err` carries the refusal's details.
+    pub fn admit(
+        &self,
+        key: impl Hash,
+        scope: &str,
+        decisions: &prometheus::IntCounterVec,
+    ) -> Result<Decision, Decision> {
+        let decision = self.check(key);
+        let outcome = if decision.allowed {
+            "allow"
+        } else {
+            "throttle"
+        };
+        decisions.with_label_values(&[scope, outcome]).inc();
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(decision)
+        }
+    }
 }
 
 /// Failed-login state of one account.
@@ -215,6 +237,11 @@ impl LoginGuard {
 
     fn key(&self, account: &str) -> u64 {
         self.hasher.hash_one(account.trim().to_lowercase())
+    }
+
+    /// Failures after which an account is throttled.
+    pub fn threshold(&self) -> u32 {
+        self.threshold
     }
 
     /// Seconds the account must wait before an attempt is evaluated, if it is throttled.
@@ -268,43 +295,6 @@ impl LoginGuard {
 
     pub fn tracked(&self) -> usize {
         self.accounts.lock().map(|m| m.len()).unwrap_or(0)
-    }
-}
-
-/// Every limiter of the accounts API, built from the configuration.
-pub struct ApiLimits {
-    /// The original's RATE_LIMITS_PUBLIC_*: unauthenticated endpoints, per client IP.
-    pub public: KeyedLimiter,
-    /// The original's RATE_LIMITS_PRIVATE_*: authenticated endpoints, per user.
-    pub private: KeyedLimiter,
-    pub registrations: KeyedLimiter,
-    pub recovery: KeyedLimiter,
-    pub resend: KeyedLimiter,
-}
-
-impl ApiLimits {
-    pub fn new(config: &crate::config::Config, clock: Arc<dyn Clock>) -> ApiLimits {
-        let l = &config.limits;
-        let keyed = |q: Quota| KeyedLimiter::new(q, clock.clone(), l.max_tracked_keys);
-        ApiLimits {
-            public: keyed(config.rate_limits.public),
-            private: keyed(config.rate_limits.private),
-            registrations: keyed(l.registrations_per_ip),
-            recovery: keyed(l.recovery_per_account),
-            resend: keyed(l.resend_per_account),
-        }
-    }
-
-    pub fn evict_idle(&self) {
-        for l in [
-            &self.public,
-            &self.private,
-            &self.registrations,
-            &self.recovery,
-            &self.resend,
-        ] {
-            l.evict_idle();
-        }
     }
 }
 

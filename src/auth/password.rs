@@ -3,11 +3,11 @@
 //! logins never occupies the proxy's async workers, starves proxied requests or grows memory.
 
 use crate::config::PasswordSettings;
-use crate::error::Error;
+use crate::pool::Pool;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 use unicode_normalization::UnicodeNormalization;
 
@@ -97,29 +97,58 @@ pub struct Verified {
     pub needs_rehash: bool,
 }
 
-/// argon2id hashing, at most `max_concurrent_hashes` at a time, on tokio's blocking pool.
-/// The work a hashing thread runs, with that thread's reusable argon2 memory.
-type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
-
 /// Niceness of the hashing threads: logins use whatever CPU the proxy leaves, and a login
 /// storm cannot starve proxied requests (Linux schedules threads by their own niceness).
 const HASH_THREAD_NICE: libc::c_int = 10;
 
+/// Where the hasher reports: the duration of each hash and how many are queued or running.
+/// Unset fields are not reported (command-line tools, benchmarks).
+#[derive(Clone, Default)]
+pub struct HashMetrics {
+    pub seconds: Option<prometheus::Histogram>,
+    pub in_flight: Option<prometheus::IntGauge>,
+}
+
+/// argon2id hashing, at most `max_concurrent_hashes` at a time, on its own threads.
 pub struct Hasher {
     params: Params,
-    jobs: std::sync::mpsc::Sender<Job>,
+    pool: Pool<HashMemory>,
     dummy: String,
-    observe: Box<dyn Fn(f64) + Send + Sync>,
+    metrics: HashMetrics,
+}
+
+/// A hashing thread's argon2 working memory, allocated once and reused for every hash.
+struct HashMemory {
+    blocks: Vec<Block>,
+    /// What the configured parameters need; more is given back after an old, bigger hash.
+    size: usize,
+}
+
+impl HashMemory {
+    fn trim(&mut self) {
+        if self.blocks.len() > self.size {
+            self.blocks.truncate(self.size);
+            self.blocks.shrink_to_fit();
+        }
+    }
+}
+
+/// Hashing failed (the pool stopped, or argon2 refused its input).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(pub String);
+
+impl From<crate::pool::PoolClosed> for HashError {
+    fn from(e: crate::pool::PoolClosed) -> HashError {
+        HashError(e.to_string())
+    }
 }
 
 impl Hasher {
     /// Start `settings.max_concurrent_hashes` hashing threads, each with its own argon2 memory
     /// allocated once (m_cost KiB) and reused for every hash: memory stays bounded under any
     /// number of logins.
-    pub fn new(
-        settings: &PasswordSettings,
-        observe: Box<dyn Fn(f64) + Send + Sync>,
-    ) -> Result<Hasher, String> {
+    pub fn new(settings: &PasswordSettings, metrics: HashMetrics) -> Result<Hasher, String> {
         let params = Params::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
@@ -130,72 +159,58 @@ impl Hasher {
         let mut random = [0u8; 32];
         rand::fill(&mut random);
         let dummy = hash_in(&params, hex::encode(random).as_bytes(), &mut Vec::new())?;
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(std::sync::Mutex::new(queue));
-        for i in 0..settings.max_concurrent_hashes.max(1) {
-            let queue = queue.clone();
-            let blocks = params.block_count();
-            std::thread::Builder::new()
-                .name(format!("portcullis-hash-{i}"))
-                .spawn(move || {
-                    lower_own_priority();
-                    let mut memory = vec![Block::default(); blocks];
-                    loop {
-                        let job = match queue.lock() {
-                            Ok(q) => q.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(&mut memory),
-                            Err(_) => return, // the Hasher is gone
-                        }
-                        if memory.len() > blocks {
-                            // An old hash with bigger parameters: give the memory back.
-                            memory.truncate(blocks);
-                            memory.shrink_to_fit();
-                        }
-                    }
-                })
-                .map_err(|e| format!("cannot start a hashing thread: {e}"))?;
-        }
+        let size = params.block_count();
+        let pool = Pool::start(
+            "portcullis-hash",
+            settings.max_concurrent_hashes,
+            move || {
+                lower_own_priority();
+                HashMemory {
+                    blocks: vec![Block::default(); size],
+                    size,
+                }
+            },
+            HashMemory::trim,
+        )
+        .map_err(|e| format!("cannot start a hashing thread: {e}"))?;
         Ok(Hasher {
             params,
-            jobs,
+            pool,
             dummy,
-            observe,
+            metrics,
         })
     }
 
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-    ) -> Result<T, Error> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |memory| {
-            let start = Instant::now();
-            let out = work(memory);
-            let _ = reply.send((out, start.elapsed()));
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::Internal("hash pool closed".into()))?;
-        let (out, took) = answer
-            .await
-            .map_err(|_| Error::Internal("hash task failed".into()))?;
-        (self.observe)(took.as_secs_f64());
+    ) -> Result<T, HashError> {
+        let in_flight = InFlight::enter(self.metrics.in_flight.as_ref());
+        let (out, took) = self
+            .pool
+            .run(move |memory| {
+                let start = Instant::now();
+                let out = work(&mut memory.blocks);
+                (out, start.elapsed())
+            })
+            .await?;
+        drop(in_flight);
+        if let Some(seconds) = &self.metrics.seconds {
+            seconds.observe(took.as_secs_f64());
+        }
         Ok(out)
     }
 
     /// Hash a secret (already normalized) into a PHC string.
-    pub async fn hash(&self, secret: String) -> Result<String, Error> {
+    pub async fn hash(&self, secret: String) -> Result<String, HashError> {
         let params = self.params.clone();
         self.run(move |memory| hash_in(&params, secret.as_bytes(), memory))
             .await?
-            .map_err(Error::Internal)
+            .map_err(HashError)
     }
 
     /// Hash a secret if there is one.
-    pub async fn hash_opt(&self, secret: Option<String>) -> Result<Option<String>, Error> {
+    pub async fn hash_opt(&self, secret: Option<String>) -> Result<Option<String>, HashError> {
         match secret {
             Some(s) => Ok(Some(self.hash(s).await?)),
             None => Ok(None),
@@ -204,7 +219,7 @@ impl Hasher {
 
     /// Verify a secret against a PHC string; with `None` (no such account) verify against a
     /// dummy hash and report failure, taking the same time.
-    pub async fn verify(&self, secret: String, phc: Option<String>) -> Result<Verified, Error> {
+    pub async fn verify(&self, secret: String, phc: Option<String>) -> Result<Verified, HashError> {
         let params = self.params.clone();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.clone());
@@ -231,6 +246,27 @@ impl Hasher {
             ok: outcome.ok && known,
             needs_rehash: outcome.needs_rehash && known,
         })
+    }
+}
+
+/// Counts one hash as queued or running for as long as it lives (also when the waiting request
+/// is dropped).
+struct InFlight<'a>(Option<&'a prometheus::IntGauge>);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: Option<&'a prometheus::IntGauge>) -> Self {
+        if let Some(g) = gauge {
+            g.inc();
+        }
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.dec();
+        }
     }
 }
 
@@ -376,7 +412,7 @@ mod tests {
         let mut s = settings();
         s.argon2_memory_kib = 1024;
         s.argon2_iterations = 1;
-        let h = Hasher::new(&s, Box::new(|_| {})).unwrap();
+        let h = Hasher::new(&s, HashMetrics::default()).unwrap();
         let phc = h.hash("Secret-1!".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
         assert_eq!(
@@ -396,7 +432,7 @@ mod tests {
         );
         assert!(!h.verify("Secret-1!".into(), None).await.unwrap().ok);
         s.argon2_iterations = 2;
-        let stronger = Hasher::new(&s, Box::new(|_| {})).unwrap();
+        let stronger = Hasher::new(&s, HashMetrics::default()).unwrap();
         assert_eq!(
             stronger
                 .verify("Secret-1!".into(), Some(phc))
@@ -415,7 +451,7 @@ mod tests {
         let mut s = settings();
         s.argon2_memory_kib = 256;
         s.argon2_iterations = 1;
-        let h = Hasher::new(&s, Box::new(|_| {})).unwrap();
+        let h = Hasher::new(&s, HashMetrics::default()).unwrap();
         // Ours verify with the crate's verifier ...
         let ours = h.hash("Secret-1!".into()).await.unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
@@ -469,7 +505,7 @@ mod tests {
     fn hashing_threads_run_at_lower_priority() {
         let mut s = settings();
         s.max_concurrent_hashes = 2;
-        let _h = Hasher::new(&s, Box::new(|_| {})).unwrap();
+        let _h = Hasher::new(&s, HashMetrics::default()).unwrap();
         let nice_of_hash_threads = || -> Vec<i64> {
             std::fs::read_dir("/proc/self/task")
                 .unwrap()

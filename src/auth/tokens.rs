@@ -2,7 +2,6 @@
 //! Validation takes `now` as a parameter; only the edges read the clock.
 
 use crate::config::{AuthSettings, SigningAlgorithm};
-use crate::error::Error;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -31,16 +30,19 @@ pub struct Claims {
     pub nickname: String,
 }
 
-/// What a valid token says about its caller.
+/// What a valid token proves: a session of a user, until when. Who the user is (role, email,
+/// nickname) is read from the live session, never from the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct TokenClaims {
     pub user_id: String,
-    pub email: String,
-    pub nickname: String,
-    pub role: String,
     pub session_id: String,
     pub expires_at: i64,
 }
+
+/// Why a token is not valid; the reason is for logs and metrics only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token: {0}")]
+pub struct TokenError(pub &'static str);
 
 /// The user fields a token is issued for.
 #[derive(Debug, Clone)]
@@ -52,7 +54,8 @@ pub struct Subject<'a> {
     pub session_id: &'a str,
 }
 
-/// Only these claims are read back; iss and aud are checked by jsonwebtoken.
+/// Only these claims are read back; iss and aud are checked by jsonwebtoken, and the identity
+/// claims (role, email, nickname) are informational: the gate uses the live session's.
 #[derive(Deserialize)]
 struct ReadClaims {
     sub: String,
@@ -61,9 +64,6 @@ struct ReadClaims {
     #[serde(default)]
     nbf: Option<i64>,
     sid: String,
-    role: String,
-    email: String,
-    nickname: String,
 }
 
 /// Signing and validation with one key and one algorithm.
@@ -112,7 +112,7 @@ impl TokenService {
     }
 
     /// Issue an access token valid from `now` for the configured lifetime.
-    pub fn issue(&self, subject: &Subject<'_>, now: i64) -> Result<String, Error> {
+    pub fn issue(&self, subject: &Subject<'_>, now: i64) -> Result<String, TokenError> {
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -128,42 +128,41 @@ impl TokenService {
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_string());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("token signing failed: {e}")))
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| {
+            tracing::error!(error = %e, "token signing failed");
+            TokenError("signing_failed")
+        })
     }
 
     /// Validate a token's signature, algorithm, type and claims at time `now` (unix seconds).
-    pub fn validate(&self, token: &str, now: i64) -> Result<Identity, Error> {
+    pub fn validate(&self, token: &str, now: i64) -> Result<TokenClaims, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(Error::InvalidToken("malformed"));
+            return Err(TokenError("malformed"));
         }
         let data = jsonwebtoken::decode::<ReadClaims>(token, &self.decoding, &self.validation)
-            .map_err(|e| Error::InvalidToken(reason(e.kind())))?;
+            .map_err(|e| TokenError(reason(e.kind())))?;
         let typ_ok = data.header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
                 || t.eq_ignore_ascii_case("application/at+jwt")
         });
         if !typ_ok {
-            return Err(Error::InvalidToken("wrong_type"));
+            return Err(TokenError("wrong_type"));
         }
         let c = data.claims;
         if c.exp <= now - self.leeway_secs {
-            return Err(Error::InvalidToken("expired"));
+            return Err(TokenError("expired"));
         }
         if c.nbf.is_some_and(|nbf| nbf > now + self.leeway_secs) {
-            return Err(Error::InvalidToken("not_yet_valid"));
+            return Err(TokenError("not_yet_valid"));
         }
         if c.iat > now + self.leeway_secs {
-            return Err(Error::InvalidToken("issued_in_future"));
+            return Err(TokenError("issued_in_future"));
         }
         if c.sub.is_empty() || c.sid.is_empty() {
-            return Err(Error::InvalidToken("missing_claim"));
+            return Err(TokenError("missing_claim"));
         }
-        Ok(Identity {
+        Ok(TokenClaims {
             user_id: c.sub,
-            email: c.email,
-            nickname: c.nickname,
-            role: c.role,
             session_id: c.sid,
             expires_at: c.exp,
         })
@@ -216,7 +215,7 @@ mod tests {
         assert!(s.validate(&t, exp + 4).is_ok(), "within the 5 s leeway");
         assert!(matches!(
             s.validate(&t, exp + 5),
-            Err(Error::InvalidToken("expired"))
+            Err(TokenError("expired"))
         ));
     }
 
@@ -226,7 +225,7 @@ mod tests {
         let t = s.issue(&subject(), 2_000_000).unwrap();
         assert!(matches!(
             s.validate(&t, 2_000_000 - 60),
-            Err(Error::InvalidToken("not_yet_valid"))
+            Err(TokenError("not_yet_valid"))
         ));
     }
 

@@ -2,7 +2,7 @@
 //! portcullis's own (identity, service token, forwarding, rewritten-URL headers) in any spelling,
 //! then inject the real identity, request id and forwarding headers. Also derives the client IP.
 
-use crate::auth::tokens::Identity;
+use crate::auth::sessions::Principal;
 use crate::config::IdentityHeaders;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -69,7 +69,10 @@ pub fn identity_value(value: &str) -> HeaderValue {
 }
 
 /// The identity headers to inject for `who`.
-pub fn identity_headers(names: &IdentityHeaders, who: &Identity) -> [(HeaderName, HeaderValue); 4] {
+pub fn identity_headers(
+    names: &IdentityHeaders,
+    who: &Principal,
+) -> [(HeaderName, HeaderValue); 4] {
     [
         (names.user_id.clone(), identity_value(&who.user_id)),
         (names.email.clone(), identity_value(&who.email)),

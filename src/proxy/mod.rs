@@ -2,31 +2,33 @@
 //! accounts API and every refusal locally, and sends the rest through the gate to the upstream
 //! with spoofable headers stripped and the real identity injected.
 
-pub mod gate;
 pub mod headers;
 pub mod ops;
 pub mod path;
 pub mod respond;
-pub mod route;
 pub mod slow_head;
+pub mod upstream;
 
 use crate::api::{self, ApiRequest};
-use crate::app::{AppState, Live};
-use crate::auth::tokens::Identity;
+use crate::auth::gate;
+use crate::auth::sessions::Identity;
 use crate::error::Error;
 use crate::metrics::status_class;
+use crate::routes::Destination;
+use crate::state::{AppState, Live};
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use route::Destination;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Gateway {
     pub state: Arc<AppState>,
+    /// Timeouts of every upstream connection.
+    pub peer_options: upstream::PeerTimeouts,
 }
 
 /// Where a request went, for metrics and the access log.
@@ -152,7 +154,14 @@ impl Gateway {
                 let rel = rel.to_string();
                 let (method, headers) = (req.method.clone(), req.headers.clone());
                 let query = target.query.clone();
-                ctx.rate = Some(self.api_rate_check(&live, &rel, &headers, ctx.client_ip, now)?);
+                ctx.rate = Some(api::admit(
+                    state,
+                    &live,
+                    &rel,
+                    &headers,
+                    ctx.client_ip,
+                    now,
+                )?);
                 let body = read_api_body(session, state.config.api.max_body_bytes).await?;
                 ctx.body_read = true;
                 let api_req = ApiRequest {
@@ -207,7 +216,6 @@ impl Gateway {
                     Err(Error::MethodNotAllowed) => {
                         let err = Error::MethodNotAllowed;
                         let allow = api::allowed_methods(&path)
-                            .unwrap_or(&[])
                             .iter()
                             .map(|m| m.as_str())
                             .collect::<Vec<_>>()
@@ -233,9 +241,24 @@ impl Gateway {
             Destination::Route(index) => {
                 ctx.served = Served::Route(index);
                 let route = live.routes.route(index);
-                match gate::authorize(&state.tokens, &state.sessions, route, &req.headers, now) {
+                let decided = if route.rule.is_public() {
+                    Ok(None)
+                } else {
+                    gate::credential(&req.headers)
+                        .and_then(|credential| {
+                            gate::authorize(
+                                &state.tokens,
+                                &state.sessions,
+                                &route.rule,
+                                credential,
+                                now,
+                            )
+                        })
+                        .map(Some)
+                };
+                match decided {
                     Ok(identity) => {
-                        if route.auth == crate::config::RouteAuth::Required {
+                        if identity.is_some() {
                             state
                                 .metrics
                                 .gate
@@ -245,6 +268,7 @@ impl Gateway {
                         ctx.identity = identity;
                     }
                     Err(e) => {
+                        let e = Error::from(e);
                         state
                             .metrics
                             .gate
@@ -254,43 +278,18 @@ impl Gateway {
                     }
                 }
                 if let Some(limiter) = &route.limiter {
+                    let rate = &state.metrics.rate_limits;
                     let decision = match &ctx.identity {
-                        Some(id) => state.rate_check("route", limiter, id.user_id.as_str()),
-                        None => state.rate_check("route", limiter, ctx.client_ip),
-                    }?;
+                        Some(id) => limiter.admit(id.user_id(), "route", rate),
+                        None => limiter.admit(ctx.client_ip, "route", rate),
+                    }
+                    .map_err(Error::Throttled)?;
                     ctx.rate = Some(decision);
                 }
                 ctx.upstream_target = Some(target.origin_form());
                 Ok(false)
             }
         }
-    }
-
-    /// The original's API limits: per user (from a valid token) on authenticated endpoints,
-    /// per client IP on the others and for callers without a valid token.
-    fn api_rate_check(
-        &self,
-        live: &Live,
-        path: &str,
-        headers: &http::HeaderMap,
-        client_ip: Option<IpAddr>,
-        now: i64,
-    ) -> Result<crate::auth::limiter::Decision, Error> {
-        let state = &self.state;
-        if !api::is_public(path) {
-            let user = gate::bearer_token(headers)
-                .ok()
-                .flatten()
-                .and_then(|t| state.tokens.validate(t, now).ok());
-            if let Some(identity) = user {
-                return state.rate_check(
-                    "api_private",
-                    &live.limits.private,
-                    identity.user_id.as_str(),
-                );
-            }
-        }
-        state.rate_check("api_public", &live.limits.public, client_ip)
     }
 
     /// The route a request went to, for metrics and logs: its path, `api`, or `none`.
@@ -371,9 +370,13 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<Box<HttpPeer>> {
-        match (ctx.served, &ctx.live) {
-            (Served::Route(i), Some(live)) => Ok(Box::new(live.routes.route(i).next_peer())),
-            _ => Err(pingora_error::Error::explain(
+        let upstream = match (ctx.served, &ctx.live) {
+            (Served::Route(i), Some(live)) => live.routes.route(i).next_upstream(),
+            _ => None,
+        };
+        match upstream {
+            Some(addr) => Ok(Box::new(upstream::peer(addr, &self.peer_options))),
+            None => Err(pingora_error::Error::explain(
                 ErrorType::InternalError,
                 "no route chosen before upstream_peer",
             )),
@@ -394,7 +397,9 @@ impl ProxyHttp for Gateway {
             upstream.remove_header(&name);
         }
         if let Some(identity) = &ctx.identity {
-            for (name, value) in headers::identity_headers(&config.proxy.identity, identity) {
+            for (name, value) in
+                headers::identity_headers(&config.proxy.identity, &identity.principal)
+            {
                 upstream.insert_header(name, value)?;
             }
         }
@@ -523,7 +528,7 @@ impl ProxyHttp for Gateway {
             route = %route,
             status = status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            user_id = ctx.identity.as_ref().map(|i| i.user_id.as_str()).unwrap_or(""),
+            user_id = ctx.identity.as_ref().map(|i| i.user_id()).unwrap_or(""),
             client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             outcome = ctx.outcome.unwrap_or(if status < 400 { "ok" } else { "error" }),
             "request"

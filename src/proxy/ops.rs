@@ -2,7 +2,7 @@
 //! (a consistent copy of the databases into `data_dir/backups/`, used by `portcullis backup`).
 //! It is bound only to `server.admin_listen`; the public listener never serves these.
 
-use crate::app::AppState;
+use crate::state::AppState;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
@@ -39,23 +39,15 @@ impl ServeHttp for OpsApp {
                     br#"{"detail":"Method Not Allowed"}"#.to_vec(),
                 );
             }
-            let state = self.state.clone();
-            let made = tokio::task::spawn_blocking(move || state.backup()).await;
-            return match made {
-                Ok(Ok(dir)) => {
-                    let body = serde_json::json!({ "path": dir }).to_string().into_bytes();
+            return match self.state.backup().await {
+                Ok(dir) => {
+                    let body = serde_json::json!({ "path": dir.to_string_lossy() })
+                        .to_string()
+                        .into_bytes();
                     reply(StatusCode::OK, "application/json", body)
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "backup failed");
-                    reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "application/json",
-                        br#"{"detail":"Backup failed; see the server log"}"#.to_vec(),
-                    )
-                }
                 Err(e) => {
-                    tracing::error!(error = %e, "backup task failed");
+                    tracing::error!(error = %e, "backup failed");
                     reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "application/json",

@@ -12,7 +12,6 @@
 //! sends anything is cut off too) and at the first byte for later requests on a kept-alive
 //! connection (the idle wait between requests is pingora's keep-alive timeout, 60 s).
 
-use crate::app::AppState;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -82,7 +81,7 @@ pub struct HeadTimedStream {
     /// Set by [`HeadTimeoutApp`] when pingora is about to read the next request on this
     /// connection.
     next_request: Arc<AtomicBool>,
-    state: Arc<AppState>,
+    timeouts: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for HeadTimedStream {
@@ -100,7 +99,7 @@ impl HeadTimedStream {
         inner: Stream,
         limit: Duration,
         next_request: Arc<AtomicBool>,
-        state: Arc<AppState>,
+        timeouts: prometheus::IntCounter,
     ) -> Self {
         HeadTimedStream {
             inner,
@@ -109,14 +108,14 @@ impl HeadTimedStream {
             scanner: HeadScanner::default(),
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             next_request,
-            state,
+            timeouts,
         }
     }
 
     fn timed_out(&mut self) -> io::Error {
         self.timer = None;
         self.phase = Phase::Passing;
-        self.state.metrics.header_timeouts.inc();
+        self.timeouts.inc();
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!("request head not received within {:?}", self.limit),
@@ -277,14 +276,18 @@ impl Peek for HeadTimedStream {
 /// The proxy's pingora app with request-head deadlines on every HTTP/1 connection.
 pub struct HeadTimeoutApp<A> {
     inner: Arc<A>,
-    state: Arc<AppState>,
+    /// How long a whole request head may take.
+    limit: Duration,
+    /// Counts connections closed for a late head.
+    timeouts: prometheus::IntCounter,
 }
 
 impl<A> HeadTimeoutApp<A> {
-    pub fn new(inner: A, state: Arc<AppState>) -> Self {
+    pub fn new(inner: A, limit: Duration, timeouts: prometheus::IntCounter) -> Self {
         HeadTimeoutApp {
             inner: Arc::new(inner),
-            state,
+            limit,
+            timeouts,
         }
     }
 }
@@ -305,9 +308,9 @@ where
         let next_request = Arc::new(AtomicBool::new(false));
         let stream: Stream = Box::new(HeadTimedStream::new(
             stream,
-            self.state.config.limits.header_read_timeout,
+            self.limit,
             next_request.clone(),
-            self.state.clone(),
+            self.timeouts.clone(),
         ));
         // The HTTP/1 keep-alive loop of pingora's own `ServerApp` for HTTP apps (portcullis
         // serves neither h2c nor TLS downstream), with the wrapper told where requests begin.

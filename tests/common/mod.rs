@@ -5,11 +5,13 @@
 pub mod echo;
 
 pub use echo::EchoUpstream;
-use portcullis::app::{AppState, RunningServer};
+use portcullis::auth::sessions::{NewSession, Principal};
 use portcullis::auth::tokens::Subject;
 use portcullis::clock::ManualClock;
 use portcullis::config::raw::{RawRoute, Upstreams};
 use portcullis::config::{Config, RawConfig};
+use portcullis::server::RunningServer;
+use portcullis::state::AppState;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -49,6 +51,15 @@ pub fn free_port_pair() -> (u16, u16) {
         a.local_addr().unwrap().port(),
         b.local_addr().unwrap().port(),
     )
+}
+
+/// Run a future (a store call, say) to completion on a small runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
 
 pub fn unix_now() -> i64 {
@@ -161,11 +172,20 @@ impl TestServer {
         self.token_for("user-1", "alice@example.com", "alice", role)
     }
 
-    /// A token with a live session (no user record behind it: enough for the proxy gate).
+    /// A token with a live session of a user with these fields (no user record behind it:
+    /// enough for the proxy gate, which takes who the caller is from the session).
     pub fn token_for(&self, id: &str, email: &str, nickname: &str, role: &str) -> String {
         use portcullis::clock::Clock;
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        self.open_session(id, &sid);
+        self.open_session_as(
+            &Principal {
+                user_id: id.to_string(),
+                email: email.to_string(),
+                nickname: nickname.to_string(),
+                role: role.to_string(),
+            },
+            &sid,
+        );
         self.server
             .state
             .tokens
@@ -182,23 +202,37 @@ impl TestServer {
             .expect("issue token")
     }
 
-    /// Put a live session `sid` of `user_id` into the server, as a login would.
+    /// Put a live session `sid` of `user_id` (alice, a user) into the server's session table.
     pub fn open_session(&self, user_id: &str, sid: &str) {
+        self.open_session_as(
+            &Principal {
+                user_id: user_id.to_string(),
+                email: "alice@example.com".into(),
+                nickname: "alice".into(),
+                role: "user".into(),
+            },
+            sid,
+        );
+    }
+
+    /// Put a live session `sid` of `principal` into the server's session table; the user's
+    /// other sessions answer with `principal` from now on too.
+    pub fn open_session_as(&self, principal: &Principal, sid: &str) {
         use portcullis::clock::Clock;
         let now = self.clock.now();
-        let session = portcullis::store::models::Session {
-            id: sid.to_string(),
-            user_id: user_id.to_string(),
-            created_at: now,
+        let sessions = &self.server.state.sessions;
+        sessions.insert(NewSession {
+            id: sid,
             expires_at: now + 3600,
             last_seen: now,
-        };
-        self.server
-            .state
-            .store
-            .open_session(&session)
-            .expect("open session");
-        self.server.state.sessions.insert(&session);
+            principal: principal.clone(),
+        });
+        sessions.update_principal(principal.clone());
+    }
+
+    /// The server's store, for checks behind the API.
+    pub fn store(&self) -> &dyn portcullis::store::Store {
+        self.server.state.store.as_ref()
     }
 
     /// Register an account through the API; returns its id.

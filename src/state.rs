@@ -1,0 +1,272 @@
+//! The shared handles every part of the running server works with (configuration, store,
+//! accounts, tokens, live sessions, mailer, metrics, clock) and the reloadable part of the
+//! configuration, built ready to use. No pingora types: the server and proxy build on this.
+
+use crate::accounts::{AccountLimits, Accounts, Handles};
+use crate::auth::keys;
+use crate::auth::limiter::KeyedLimiter;
+use crate::auth::sessions::{NewSession, SessionTable};
+use crate::auth::tokens::TokenService;
+use crate::clock::Clock;
+use crate::config::{Config, ServiceToken};
+use crate::email::Mailer;
+use crate::metrics::Metrics;
+use crate::routes::{Route, RouteTable};
+use crate::store::{Store, StoreError};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Why the server cannot start; each says what the operator can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing key: {0}")]
+    SigningKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("password hashing: {0}")]
+    Hashing(String),
+    #[error("email: {0}")]
+    Mailer(String),
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The API's request limits (the original's RATE_LIMITS_*).
+pub struct ApiLimits {
+    /// Unauthenticated endpoints, per client IP.
+    pub public: KeyedLimiter,
+    /// Authenticated endpoints, per user.
+    pub private: KeyedLimiter,
+}
+
+/// What a reload replaces, built ready to use. A request works with the `Live` it started
+/// with from start to end.
+pub struct Live {
+    pub routes: RouteTable,
+    pub limits: ApiLimits,
+    pub service_tokens: Vec<ServiceToken>,
+}
+
+impl Live {
+    pub fn build(config: &Config, clock: &Arc<dyn Clock>) -> Live {
+        let l = &config.live.limits;
+        let max_keys = config.limits.max_tracked_keys;
+        let keyed = |q| KeyedLimiter::new(q, clock.clone(), max_keys);
+        let routes = RouteTable::new(
+            &config.api.prefix,
+            config
+                .live
+                .routes
+                .iter()
+                .map(|r| Route::new(r, r.rate_limit.or(l.route_default).map(keyed)))
+                .collect(),
+        );
+        Live {
+            routes,
+            limits: ApiLimits {
+                public: keyed(l.public),
+                private: keyed(l.private),
+            },
+            service_tokens: config.live.service_tokens.clone(),
+        }
+    }
+
+    fn evict_idle(&self) {
+        self.limits.public.evict_idle();
+        self.limits.private.evict_idle();
+        for route in self.routes.routes() {
+            if let Some(l) = &route.limiter {
+                l.evict_idle();
+            }
+        }
+    }
+}
+
+/// Everything a request needs, shared by all services.
+pub struct AppState {
+    /// As started; the reloadable part in force now is `live()`.
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub accounts: Accounts,
+    pub tokens: Arc<TokenService>,
+    pub sessions: Arc<SessionTable>,
+    pub mailer: Mailer,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    live: ArcSwap<Live>,
+    mail_queued: Arc<tokio::sync::Notify>,
+    draining: AtomicBool,
+}
+
+/// Run a future to completion outside any runtime (start-up, shutdown).
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    Ok(runtime.block_on(f))
+}
+
+impl AppState {
+    /// Open the store, load the live sessions and build every handle.
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let key = keys::load_or_generate(&config).map_err(StartError::SigningKey)?;
+        let tokens = Arc::new(TokenService::new(&config.auth, &key));
+        let metrics = Arc::new(Metrics::new()?);
+        let store = crate::store::open(&config.storage)?;
+        let sessions = Arc::new(SessionTable::new(config.auth.idle_timeout.as_secs() as i64));
+        let stored = block_on(store.load_sessions())??;
+        for s in stored {
+            sessions.insert(NewSession {
+                id: &s.session.id,
+                expires_at: s.session.expires_at,
+                last_seen: s.session.last_seen,
+                principal: crate::accounts::principal_of(&s.user),
+            });
+        }
+        metrics.sessions.set(sessions.purge(clock.now()) as i64);
+        let mailer = Mailer::new(&config.email, &config.data_dir).map_err(StartError::Mailer)?;
+        let mail_queued = Arc::new(tokio::sync::Notify::new());
+        let accounts = Accounts::new(
+            &config,
+            Handles {
+                store: store.clone(),
+                tokens: tokens.clone(),
+                sessions: sessions.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                mail_queued: mail_queued.clone(),
+            },
+        )
+        .map_err(StartError::Hashing)?;
+        let live = Live::build(&config, &clock);
+        Ok(AppState {
+            config,
+            store,
+            accounts,
+            tokens,
+            sessions,
+            mailer,
+            metrics,
+            clock,
+            live: ArcSwap::from_pointee(live),
+            mail_queued,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The routes, limits and service tokens in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Put the reloadable part of `new` in force (routes, limits, service tokens).
+    pub fn replace_live(&self, new: &Config) {
+        self.live.store(Arc::new(Live::build(new, &self.clock)));
+        self.accounts.set_limits(AccountLimits::new(
+            &new.live.limits,
+            self.config.limits.max_tracked_keys,
+            &self.clock,
+        ));
+    }
+
+    /// Forget idle rate-limit keys everywhere.
+    pub fn evict_idle_limits(&self) {
+        self.live().evict_idle();
+        self.accounts.evict_idle(self.clock.now());
+    }
+
+    /// Write behind session activity and forget dead sessions in memory; with `purge_store`,
+    /// delete them from the database too (a full scan, so done less often).
+    pub async fn flush_sessions(&self, purge_store: bool) {
+        let dirty = self.sessions.take_dirty();
+        let now = self.clock.now();
+        if let Err(e) = self.store.touch_sessions(dirty).await {
+            tracing::error!(error = %e, "cannot write session activity");
+        }
+        if purge_store {
+            let idle = self.config.auth.idle_timeout.as_secs() as i64;
+            if let Err(e) = self.store.purge_dead_sessions(now, idle).await {
+                tracing::error!(error = %e, "cannot purge dead sessions");
+            }
+        }
+        self.metrics.sessions.set(self.sessions.purge(now) as i64);
+    }
+
+    /// Write the session activity not yet written, now, on this thread (at shutdown, when no
+    /// runtime runs any more).
+    pub fn flush_activity_now(&self) {
+        let dirty = self.sessions.take_dirty();
+        if let Err(e) = self.store.touch_sessions_now(dirty) {
+            tracing::error!(error = %e, "cannot write session activity at shutdown");
+        }
+    }
+
+    /// Write a consistent copy of the data into a new directory under `data_dir/backups/`;
+    /// returns its path.
+    pub async fn backup(&self) -> Result<PathBuf, String> {
+        if let Err(e) = self.store.touch_sessions(self.sessions.take_dirty()).await {
+            tracing::error!(error = %e, "cannot write session activity before the backup");
+        }
+        let stamp = self.clock.since_epoch();
+        let parent = self.config.data_dir.join("backups");
+        // Backups wait here until `portcullis backup` moves them out; keep at most two
+        // uncollected ones so that repeated requests cannot fill the disk.
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            let mut old: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            old.sort();
+            while old.len() >= 2 {
+                let oldest = old.remove(0);
+                tracing::warn!(path = %oldest.display(), "removing an uncollected backup");
+                let _ = std::fs::remove_dir_all(oldest);
+            }
+        }
+        let dir = parent.join(format!("{}-{:09}", stamp.as_secs(), stamp.subsec_nanos()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        self.store
+            .backup_into(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(path = %dir.display(), "backup written");
+        Ok(dir)
+    }
+
+    /// Wait until mail is queued (or `timeout` passes).
+    pub async fn mail_queued(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.mail_queued.notified()).await;
+    }
+
+    /// Deliver the mail that is due, once; returns how many messages were handled.
+    pub async fn deliver_mail(&self) -> usize {
+        crate::email::deliver_due(
+            self.store.as_ref(),
+            &self.mailer,
+            &self.metrics,
+            self.clock.now(),
+        )
+        .await
+    }
+
+    /// True once shutdown has begun; `/readyz` then answers 503.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
