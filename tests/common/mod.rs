@@ -269,6 +269,57 @@ impl TestServer {
     }
 }
 
+/// The portcullis binary serving the data dir `data` on 127.0.0.1:`listen` (admin: `admin`)
+/// with the test key, error-level logs and request limits out of the way, plus `env`; nothing
+/// else of this process's environment reaches it.
+pub fn spawn_portcullis(
+    data: &Path,
+    listen: u16,
+    admin: u16,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.arg("serve")
+        .current_dir(data)
+        .env_clear()
+        .env("PORTCULLIS_DATA_DIR", data)
+        .env("PORTCULLIS_SERVER__LISTEN", format!("127.0.0.1:{listen}"))
+        .env(
+            "PORTCULLIS_SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin}"),
+        )
+        .env("PORTCULLIS_LIMITS__REGISTRATIONS_PER_IP", "1000000/1hour")
+        .env("RATE_LIMITS_PUBLIC_ROUTES", "1000000")
+        .env("RATE_LIMITS_PRIVATE_ROUTES", "1000000")
+        .env("SECRET_KEY", TEST_KEY)
+        .env("LOG_LEVEL", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd.spawn().expect("spawn portcullis")
+}
+
+/// Wait (up to a minute) until the accounts API at `base` (e.g. `http://host:port/auth`)
+/// answers.
+pub fn wait_until_serving(base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client()
+        .get(format!("{base}/"))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base} did not start serving"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A blocking HTTP client that never uses a proxy or follows redirects.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -3,10 +3,9 @@
 //! logs in, no record lacks its email index entry, no email is doubled. (Record and indexes are
 //! written in one transaction; an index entry without its record would read as "no such user".)
 
-use crate::common::{TestServer, TEST_KEY};
+use crate::common::TestServer;
 use rand::Rng;
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,27 +19,6 @@ fn kills() -> usize {
         .unwrap_or(20)
 }
 
-fn spawn(data: &std::path::Path, listen: u16, admin: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("serve")
-        .current_dir(data)
-        .env_clear()
-        .env("PORTCULLIS_DATA_DIR", data)
-        .env("PORTCULLIS_SERVER__LISTEN", format!("127.0.0.1:{listen}"))
-        .env(
-            "PORTCULLIS_SERVER__ADMIN_LISTEN",
-            format!("127.0.0.1:{admin}"),
-        )
-        .env("PORTCULLIS_LIMITS__REGISTRATIONS_PER_IP", "1000000/1hour")
-        .env("RATE_LIMITS_PUBLIC_ROUTES", "1000000")
-        .env("SECRET_KEY", TEST_KEY)
-        .env("LOG_LEVEL", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_registration() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,22 +27,9 @@ fn sigkill_under_load_loses_no_acknowledged_registration() {
     let mut rng = rand::rng();
     for round in 0..kills() {
         let (listen, admin) = crate::common::free_port_pair();
-        let mut child = spawn(dir.path(), listen, admin);
+        let mut child = crate::common::spawn_portcullis(dir.path(), listen, admin, &[]);
         let base = format!("http://127.0.0.1:{listen}/auth");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while crate::common::client()
-            .get(format!("{base}/"))
-            .send()
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-            != 200
-        {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::common::wait_until_serving(&base);
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
             .map(|_| {

@@ -8,7 +8,6 @@
 use crate::common::{client, route, EchoUpstream, TestServer, TEST_KEY};
 use rand::Rng;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PW: &str = "Tr1cky-Horse!";
@@ -141,6 +140,35 @@ fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     assert_eq!(left.len(), 1, "admins left: {left:?}");
 }
 
+/// Occupy the one hashing thread, then queue a login of `email` behind it: once this returns,
+/// the account has been read and the password not yet checked. Join the handle for the login's
+/// answer.
+fn login_waiting_for_the_hasher(
+    server: &TestServer,
+    email: &str,
+) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
+    let blocker = send(
+        server,
+        "POST",
+        "/login".into(),
+        None,
+        json!({"email": "nobody@example.com", "password": PW}),
+    );
+    wait_for_hashes(server, 1);
+    let login = send(
+        server,
+        "POST",
+        "/login".into(),
+        None,
+        json!({"email": email, "password": PW}),
+    );
+    wait_for_hashes(server, 2);
+    std::thread::spawn(move || {
+        blocker.join().unwrap();
+        login.join().unwrap()
+    })
+}
+
 #[test]
 fn a_login_waiting_for_its_password_check_when_the_account_is_locked_gets_no_usable_token() {
     let upstream = EchoUpstream::start();
@@ -148,24 +176,7 @@ fn a_login_waiting_for_its_password_check_when_the_account_is_locked_gets_no_usa
     server.register("boss@example.com", "boss", PW);
     let boss = server.login("boss@example.com", PW);
     let uid = server.register("eve@example.com", "eve", PW);
-    // Occupy the one hashing thread, then queue Eve's login behind it: her account has been read,
-    // her password not yet checked.
-    let blocker = send(
-        &server,
-        "POST",
-        "/login".into(),
-        None,
-        json!({"email": "nobody@example.com", "password": PW}),
-    );
-    wait_for_hashes(&server, 1);
-    let login = send(
-        &server,
-        "POST",
-        "/login".into(),
-        None,
-        json!({"email": "eve@example.com", "password": PW}),
-    );
-    wait_for_hashes(&server, 2);
+    let login = login_waiting_for_the_hasher(&server, "eve@example.com");
     let (status, body) = server.api(
         "PUT",
         &format!("/accounts_management/{uid}"),
@@ -173,7 +184,6 @@ fn a_login_waiting_for_its_password_check_when_the_account_is_locked_gets_no_usa
         Some(json!({"lock": true})),
     );
     assert_eq!(status, 200, "{body}");
-    blocker.join().unwrap();
     let (status, body) = login.join().unwrap();
     if status == 200 {
         let token = body["access_token"].as_str().unwrap();
@@ -211,22 +221,7 @@ fn a_login_waiting_for_its_password_check_when_the_user_is_demoted_never_gets_th
     );
     assert_eq!(status, 201);
     let deputy_id = created["id"].as_str().unwrap().to_string();
-    let blocker = send(
-        &server,
-        "POST",
-        "/login".into(),
-        None,
-        json!({"email": "nobody@example.com", "password": PW}),
-    );
-    wait_for_hashes(&server, 1);
-    let login = send(
-        &server,
-        "POST",
-        "/login".into(),
-        None,
-        json!({"email": "deputy@example.com", "password": PW}),
-    );
-    wait_for_hashes(&server, 2);
+    let login = login_waiting_for_the_hasher(&server, "deputy@example.com");
     let (status, body) = server.api(
         "PUT",
         &format!("/accounts_management/{deputy_id}"),
@@ -234,7 +229,6 @@ fn a_login_waiting_for_its_password_check_when_the_user_is_demoted_never_gets_th
         Some(json!({"role": "user"})),
     );
     assert_eq!(status, 200, "{body}");
-    blocker.join().unwrap();
     let (status, body) = login.join().unwrap();
     assert_eq!(status, 200, "the password was right all along: {body}");
     assert_eq!(body["user"]["role"], "user", "{body}");
@@ -293,47 +287,6 @@ fn a_token_whose_role_claim_was_raised_and_re_signed_gets_the_sessions_role() {
     assert_eq!(seen.header("x-auth-email"), Some("mallory@example.com"));
 }
 
-fn spawn(data: &std::path::Path, listen: u16, admin: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("serve")
-        .current_dir(data)
-        .env_clear()
-        .env("PORTCULLIS_DATA_DIR", data)
-        .env("PORTCULLIS_SERVER__LISTEN", format!("127.0.0.1:{listen}"))
-        .env(
-            "PORTCULLIS_SERVER__ADMIN_LISTEN",
-            format!("127.0.0.1:{admin}"),
-        )
-        .env("PORTCULLIS_LIMITS__REGISTRATIONS_PER_IP", "1000000/1hour")
-        .env("PORTCULLIS_LIMITS__RECOVERY_PER_ACCOUNT", "1000000/1hour")
-        .env("RATE_LIMITS_PUBLIC_ROUTES", "1000000")
-        .env("RATE_LIMITS_PRIVATE_ROUTES", "1000000")
-        // Cheap hashing: a reset is then mostly its database writes, which is where a crash
-        // must not split it.
-        .env("PORTCULLIS_PASSWORDS__ARGON2_MEMORY_KIB", "64")
-        .env("PORTCULLIS_PASSWORDS__ARGON2_ITERATIONS", "1")
-        .env("SECRET_KEY", TEST_KEY)
-        .env("LOG_LEVEL", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_started(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client()
-        .get(format!("{base}/"))
-        .send()
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Password resets run while the server is killed at random moments. After every restart, an
 /// account whose reset took effect (the new password logs in) has none of its old sessions.
 #[test]
@@ -347,9 +300,20 @@ fn sigkill_during_password_resets_never_leaves_an_old_session_alive() {
     let mut failures = Vec::new();
     for round in 0..16 {
         let (listen, admin) = crate::common::free_port_pair();
-        let mut child = spawn(dir.path(), listen, admin);
+        // Cheap hashing: a reset is then mostly its database writes, which is where a crash
+        // must not split it.
+        let mut child = crate::common::spawn_portcullis(
+            dir.path(),
+            listen,
+            admin,
+            &[
+                ("PORTCULLIS_LIMITS__RECOVERY_PER_ACCOUNT", "1000000/1hour"),
+                ("PORTCULLIS_PASSWORDS__ARGON2_MEMORY_KIB", "64"),
+                ("PORTCULLIS_PASSWORDS__ARGON2_ITERATIONS", "1"),
+            ],
+        );
         let base = format!("http://127.0.0.1:{listen}/auth");
-        wait_started(&base);
+        crate::common::wait_until_serving(&base);
         let c = client();
         for (email, old_token) in pending.drain(..) {
             let reset = c
