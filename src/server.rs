@@ -66,7 +66,7 @@ pub fn add_services(server: &mut Server, state: &Arc<AppState>) {
         &server.configuration,
         Gateway {
             state: state.clone(),
-            peer_options: PeerTimeouts::from_config(&c.proxy),
+            peer_timeouts: PeerTimeouts::from_config(&c.proxy),
         },
     );
     let mut proxy = Service::new(

@@ -250,6 +250,11 @@ fn matches<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     }
 }
 
+/// Does an endpoint serve `path`?
+pub fn serves(path: &str) -> bool {
+    endpoints().iter().any(|e| matches(&e.path, path).is_some())
+}
+
 /// The endpoints serving `path` (a trailing slash is ignored).
 pub fn find(path: &str) -> Option<Found<'_>> {
     let mut id = None;
@@ -290,6 +295,7 @@ mod tests {
         );
         assert!(pattern("/accounts_management/a/b").is_none());
         assert!(pattern("/nope").is_none());
+        assert!(serves("/login") && serves("/accounts_management/x/") && !serves("/nope"));
         assert_eq!(
             find("/my_account").unwrap().methods(),
             vec![Method::GET, Method::PUT]

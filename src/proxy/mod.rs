@@ -28,7 +28,7 @@ use std::time::Instant;
 pub struct Gateway {
     pub state: Arc<AppState>,
     /// Timeouts of every upstream connection.
-    pub peer_options: upstream::PeerTimeouts,
+    pub peer_timeouts: upstream::PeerTimeouts,
 }
 
 /// Where a request went, for metrics and the access log.
@@ -375,7 +375,7 @@ impl ProxyHttp for Gateway {
             _ => None,
         };
         match upstream {
-            Some(addr) => Ok(Box::new(upstream::peer(addr, &self.peer_options))),
+            Some(addr) => Ok(Box::new(upstream::peer(addr, &self.peer_timeouts))),
             None => Err(pingora_error::Error::explain(
                 ErrorType::InternalError,
                 "no route chosen before upstream_peer",
