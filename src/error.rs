@@ -138,6 +138,9 @@ impl Error {
         if let Error::Throttled(decision) = self {
             h.extend(decision.headers());
         }
+        if let Error::Unavailable = self {
+            h.push(("retry-after", "2".to_string()));
+        }
         h
     }
 
@@ -188,6 +191,7 @@ impl From<crate::accounts::AccountError> for Error {
             A::Forbidden => Error::Forbidden,
             A::NotFound => Error::NotFound,
             A::Throttled(decision) => Error::Throttled(decision),
+            A::Unavailable => Error::Unavailable,
             A::Internal(detail) => Error::Internal(detail),
         }
     }
@@ -201,6 +205,8 @@ impl From<crate::auth::gate::GateError> for Error {
             G::Invalid(why) => Error::InvalidToken(why),
             G::Forbidden => Error::Forbidden,
             G::Malformed(msg) => Error::BadRequest(msg),
+            G::Unavailable => Error::Unavailable,
+            G::Pending(_) => Error::InvalidToken("session_ended"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Background services, each on its pingora runtime: the session flusher (activity written
-//! behind, dead sessions and idle limit keys forgotten, old audit events purged) and the mail
+//! behind, dead sessions and idle limit keys forgotten, old audit events purged), the session
+//! keeper (the shared store's change feed applied to the live-session table) and the mail
 //! sender.
 
 use crate::state::AppState;
@@ -45,6 +46,34 @@ impl BackgroundService for SessionFlusher {
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot purge old audit events"),
                 }
+            }
+        }
+    }
+}
+
+/// Applies the shared store's change feed to the live-session table: sessions opened, ended
+/// and revoked on other replicas, and resynchronizations (the table is distrusted while the
+/// feed is lost). Idle for a store without a feed.
+pub struct SessionKeeper {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for SessionKeeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut feed) = self.state.take_session_feed() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                event = feed.recv() => match event {
+                    Some(event) => self.state.apply_store_event(event),
+                    None => {
+                        self.state.sessions.distrust();
+                        return;
+                    }
+                },
             }
         }
     }

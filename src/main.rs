@@ -225,7 +225,7 @@ fn main() -> ExitCode {
                 format!(
                     "restored {} into {}",
                     from.display(),
-                    c.storage.database.display()
+                    c.storage.database.describe()
                 )
             })
         }),

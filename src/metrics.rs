@@ -36,6 +36,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Connections closed because a request head did not arrive in time.
     pub header_timeouts: IntCounter,
+    /// Times the live-session table was rebuilt from the shared store.
+    pub session_resyncs: IntCounter,
 }
 
 impl Metrics {
@@ -145,6 +147,11 @@ impl Metrics {
             "Connections closed because a request head did not arrive within limits.header_read_timeout_seconds",
         )?;
         registry.register(Box::new(header_timeouts.clone()))?;
+        let session_resyncs = IntCounter::new(
+            "portcullis_session_resyncs_total",
+            "Times the live-session table was rebuilt from the shared store (at start, and after its change feed was lost)",
+        )?;
+        registry.register(Box::new(session_resyncs.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -169,6 +176,7 @@ impl Metrics {
             rate_limits,
             reloads,
             header_timeouts,
+            session_resyncs,
         })
     }
 

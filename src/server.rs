@@ -5,7 +5,7 @@
 
 use crate::clock::Clock;
 use crate::config::{Config, Sources};
-use crate::jobs::{MailSender, SessionFlusher};
+use crate::jobs::{MailSender, SessionFlusher, SessionKeeper};
 use crate::proxy::ops::OpsApp;
 use crate::proxy::slow_head::HeadTimeoutApp;
 use crate::proxy::upstream::PeerTimeouts;
@@ -93,6 +93,12 @@ pub fn add_services(server: &mut Server, state: &Arc<AppState>) {
     server.add_service(background_service(
         "portcullis sessions",
         SessionFlusher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "portcullis session keeper",
+        SessionKeeper {
             state: state.clone(),
         },
     ));

@@ -3,20 +3,26 @@
 //! configuration, built ready to use. No pingora types: the server and proxy build on this.
 
 use crate::accounts::{AccountLimits, Accounts, Handles};
+use crate::auth::gate::{self, Credential, GateError, Rule};
 use crate::auth::keys;
 use crate::auth::limiter::KeyedLimiter;
-use crate::auth::sessions::{NewSession, SessionTable};
+use crate::auth::sessions::Identity;
+use crate::auth::sessions::SessionTable;
 use crate::auth::tokens::TokenService;
 use crate::clock::Clock;
 use crate::config::{Config, ServiceToken};
 use crate::email::Mailer;
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteTable};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreEvent};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long a request waits for news of a session another replica opened moments ago.
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the server cannot start; each says what the operator can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     live: ArcSwap<Live>,
     mail_queued: Arc<tokio::sync::Notify>,
+    session_feed: std::sync::Mutex<Option<UnboundedReceiver<StoreEvent>>>,
     draining: AtomicBool,
 }
 
@@ -128,14 +135,15 @@ impl AppState {
         let metrics = Arc::new(Metrics::new()?);
         let store = crate::store::open(&config.storage)?;
         let sessions = Arc::new(SessionTable::new(config.auth.idle_timeout.as_secs() as i64));
-        let stored = block_on(store.load_sessions())??;
-        for s in stored {
-            sessions.insert(NewSession {
-                id: &s.session.id,
-                expires_at: s.session.expires_at,
-                last_seen: s.session.last_seen,
-                principal: crate::accounts::principal_of(&s.user),
-            });
+        // A store shared by replicas brings the sessions through its change feed (and the table
+        // is not trusted until it has); a single instance's store has them all now.
+        let session_feed = store.take_events();
+        if session_feed.is_some() {
+            sessions.set_shared();
+        } else {
+            for s in block_on(store.load_sessions())?? {
+                sessions.insert(crate::accounts::new_session(&s));
+            }
         }
         metrics.sessions.set(sessions.purge(clock.now()) as i64);
         let mailer = Mailer::new(&config.email, &config.data_dir).map_err(StartError::Mailer)?;
@@ -164,8 +172,64 @@ impl AppState {
             clock,
             live: ArcSwap::from_pointee(live),
             mail_queued,
+            session_feed: std::sync::Mutex::new(session_feed),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The store's change feed, for the one task that applies it (`jobs::SessionKeeper`).
+    pub fn take_session_feed(&self) -> Option<UnboundedReceiver<StoreEvent>> {
+        self.session_feed.lock().ok()?.take()
+    }
+
+    /// Apply what the store reports other replicas did (and this one, echoed).
+    pub fn apply_store_event(&self, event: StoreEvent) {
+        let sessions = &self.sessions;
+        match event {
+            StoreEvent::Resync(all) => {
+                sessions.replace_all(all.iter().map(crate::accounts::new_session));
+                sessions.trust();
+                self.metrics.session_resyncs.inc();
+            }
+            StoreEvent::Lost => sessions.distrust(),
+            StoreEvent::SessionOpened(s) => {
+                sessions.insert(crate::accounts::new_session(&s));
+            }
+            StoreEvent::SessionEnded(id) => sessions.remove(&[id]),
+            StoreEvent::SessionsRevoked { user_id, keep } => {
+                sessions.revoke_user(&user_id, keep.as_deref())
+            }
+            StoreEvent::OwnerChanged { user_id, owner } => {
+                sessions.update_principal(crate::accounts::principal_from(&user_id, &owner))
+            }
+            StoreEvent::Activity(seen) => sessions.merge_activity(&seen),
+        }
+    }
+
+    /// The gate's decision for `rule` (see `auth::gate::authorize`), waiting a moment for a
+    /// session another replica opened just now.
+    pub async fn authorize(
+        &self,
+        rule: &Rule,
+        credential: Option<Credential<'_>>,
+        now: i64,
+    ) -> Result<Identity, GateError> {
+        let decide = || gate::authorize(&self.tokens, &self.sessions, rule, credential, now);
+        match decide() {
+            Err(GateError::Pending(session)) => {
+                self.sessions.wait_for(&session, PENDING_WAIT).await;
+                decide().map_err(|e| match e {
+                    GateError::Pending(_) => GateError::Invalid("session_ended"),
+                    other => other,
+                })
+            }
+            decided => decided,
+        }
+    }
+
+    /// Ready to serve: not draining, the store reachable, the live-session table trusted.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.store.is_ready() && self.sessions.is_trusted()
     }
 
     /// The routes, limits and service tokens in force now.

@@ -18,12 +18,14 @@ pub use register::{create_admin, new_account, NewAccount, Registration};
 
 use crate::auth::limiter::{Decision, KeyedLimiter, LoginGuard};
 use crate::auth::password::{HashError, Hasher};
-use crate::auth::sessions::{Identity, Principal, SessionTable};
+use crate::auth::sessions::{Identity, NewSession, Principal, SessionTable};
 use crate::auth::tokens::{TokenError, TokenService};
 use crate::clock::Clock;
 use crate::config::{AccountSettings, Config, LiveLimits, PasswordSettings};
 use crate::metrics::Metrics;
-use crate::store::models::{AuditEvent, AuditFilter, AuditKind, Outcome, User};
+use crate::store::models::{
+    AuditEvent, AuditFilter, AuditKind, Outcome, SessionOwner, StoredSession, User,
+};
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use std::net::IpAddr;
@@ -81,6 +83,9 @@ pub enum AccountError {
     NotFound,
     #[error("throttled")]
     Throttled(Decision),
+    /// The store cannot be reached now; nothing happened.
+    #[error("storage unavailable")]
+    Unavailable,
     /// Anything unexpected; the detail is logged, never shown.
     #[error("internal: {0}")]
     Internal(String),
@@ -99,6 +104,7 @@ impl AccountError {
             AccountError::Forbidden => "forbidden",
             AccountError::NotFound => "not_found",
             AccountError::Throttled(_) => "throttled",
+            AccountError::Unavailable => "unavailable",
             AccountError::Internal(_) => "internal",
         }
     }
@@ -109,6 +115,10 @@ impl From<StoreError> for AccountError {
         match e {
             StoreError::Duplicate(field) => AccountError::Duplicate(field),
             StoreError::NotFound => AccountError::NotFound,
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "storage unavailable");
+                AccountError::Unavailable
+            }
             other => AccountError::Internal(other.to_string()),
         }
     }
@@ -297,5 +307,25 @@ pub fn principal_of(user: &User) -> Principal {
         email: user.email.clone(),
         nickname: user.nickname.clone(),
         role: user.role.clone(),
+    }
+}
+
+/// The principal of a stored session's owner.
+pub fn principal_from(user_id: &str, owner: &SessionOwner) -> Principal {
+    Principal {
+        user_id: user_id.to_string(),
+        email: owner.email.clone(),
+        nickname: owner.nickname.clone(),
+        role: owner.role.clone(),
+    }
+}
+
+/// A stored session as the live table takes it.
+pub fn new_session(s: &StoredSession) -> NewSession<'_> {
+    NewSession {
+        id: &s.session.id,
+        expires_at: s.session.expires_at,
+        last_seen: s.session.last_seen,
+        principal: principal_from(&s.session.user_id, &s.owner),
     }
 }

@@ -141,10 +141,16 @@ pub async fn handle(state: &AppState, req: ApiRequest) -> Result<ApiResponse, Er
     (endpoint.handler)(call).await
 }
 
+/// Any authenticated caller.
+const ANY_USER: gate::Rule = gate::Rule {
+    auth: crate::config::RouteAuth::Required,
+    roles: Vec::new(),
+};
+
 /// The caller's live session and current user record (401), an admin if `admin` (403).
 async fn user_caller(state: &AppState, req: &ApiRequest, admin: bool) -> Result<Caller, Error> {
-    let credential = gate::credential(&req.headers)?.ok_or(Error::MissingToken)?;
-    let identity = gate::authenticate(&state.tokens, &state.sessions, credential, req.now)?;
+    let credential = gate::credential(&req.headers)?;
+    let identity = state.authorize(&ANY_USER, credential, req.now).await?;
     let user = if admin {
         state.accounts.admin_caller(&identity).await?
     } else {

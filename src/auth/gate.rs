@@ -2,7 +2,7 @@
 //! or authenticated with an allowed role). Pure and allocation-light: it runs on every proxied
 //! request. The caller's identity comes from the live session, never from the token's claims.
 
-use super::sessions::{Identity, SessionTable};
+use super::sessions::{Dead, Identity, SessionTable};
 use super::tokens::TokenService;
 use crate::config::RouteAuth;
 use http::HeaderMap;
@@ -15,7 +15,7 @@ pub enum Credential<'a> {
 }
 
 /// Why the gate refused; mapped to an HTTP answer in one place (`crate::error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GateError {
     /// No credential where one is required.
     #[error("missing credential")]
@@ -29,7 +29,17 @@ pub enum GateError {
     /// The request is ambiguous (e.g. two `Authorization` headers); the message is public.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// No session can be vouched for now (the live-session table is being resynchronized).
+    #[error("sessions unavailable")]
+    Unavailable,
+    /// A token issued moments ago names a session this replica has not heard of yet (opened on
+    /// another one): wait for it (`SessionTable::wait_for`), then decide again.
+    #[error("session not known yet")]
+    Pending(String),
 }
+
+/// How new a token must be for its unknown session to be waited for rather than refused.
+pub const PENDING_WINDOW_SECS: i64 = 5;
 
 /// Who may pass: anyone, or an authenticated caller with one of `roles` (any when empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +99,16 @@ pub fn authenticate(
         .map_err(|e| GateError::Invalid(e.0))?;
     let principal = sessions
         .check_and_touch(&claims.session_id, &claims.user_id, now)
-        .map_err(|dead| GateError::Invalid(dead.reason()))?;
+        .map_err(|dead| match dead {
+            Dead::Unknown => GateError::Unavailable,
+            Dead::Unseen
+                if sessions.is_shared()
+                    && (now - claims.issued_at).abs() <= PENDING_WINDOW_SECS =>
+            {
+                GateError::Pending(claims.session_id.clone())
+            }
+            dead => GateError::Invalid(dead.reason()),
+        })?;
     Ok(Identity {
         session_id: claims.session_id,
         expires_at: claims.expires_at,

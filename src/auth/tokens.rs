@@ -36,6 +36,7 @@ pub struct Claims {
 pub struct TokenClaims {
     pub user_id: String,
     pub session_id: String,
+    pub issued_at: i64,
     pub expires_at: i64,
 }
 
@@ -164,6 +165,7 @@ impl TokenService {
         Ok(TokenClaims {
             user_id: c.sub,
             session_id: c.sid,
+            issued_at: c.iat,
             expires_at: c.exp,
         })
     }

@@ -416,26 +416,127 @@ fn proxy(c: &mut Checker, p: &RawProxy) -> ProxySettings {
 }
 
 fn storage(c: &mut Checker, st: &RawStorage, data_dir: &std::path::Path) -> StorageSettings {
-    let database = if st.database.is_empty() {
-        data_dir.join("portcullis.redb")
+    let main = if st.database.trim().is_empty() {
+        Database::Redb(data_dir.join("portcullis.redb"))
     } else {
-        PathBuf::from(&st.database)
+        database(c, "storage.database", &st.database)
     };
-    let audit_database = if st.audit_database.is_empty() {
-        data_dir.join("audit.redb")
+    let audit_database = if st.audit_database.trim().is_empty() {
+        match &main {
+            Database::Postgres(url) => Database::Postgres(url.clone()),
+            Database::Redb(_) => Database::Redb(data_dir.join("audit.redb")),
+        }
     } else {
-        PathBuf::from(&st.audit_database)
+        database(c, "storage.audit_database", &st.audit_database)
     };
-    if database == audit_database {
-        c.fail(
+    match (&main, &audit_database) {
+        (Database::Redb(main), Database::Redb(audit)) if main == audit => c.fail(
             "storage.audit_database",
             "must differ from storage.database",
-        );
+        ),
+        (Database::Redb(_), Database::Postgres(_)) | (Database::Postgres(_), Database::Redb(_)) => {
+            c.fail(
+                "storage.audit_database",
+                "must be on the same kind of storage as storage.database (both redb files, or both PostgreSQL)",
+            )
+        }
+        _ => {}
     }
+    let postgres_ca_file = if st.postgres_ca_file.is_empty() {
+        None
+    } else {
+        let path = PathBuf::from(&st.postgres_ca_file);
+        if !path.is_file() {
+            c.fail(
+                "storage.postgres_ca_file",
+                format!("no such file: {}", st.postgres_ca_file),
+            );
+        }
+        Some(path)
+    };
     StorageSettings {
-        database,
+        database: main,
         audit_database,
+        postgres_ca_file,
+        postgres_pool_size: c.range("storage.postgres_pool_size", st.postgres_pool_size, 1, 1000)
+            as usize,
     }
+}
+
+/// A database setting: a `postgres://` or `postgresql://` URL, or a redb file path (also
+/// written `sqlite:///path`, `redb://path` or `file://path`, as the original's URLs were).
+fn database(c: &mut Checker, key: &str, raw: &str) -> Database {
+    let raw = raw.trim();
+    let lower = raw.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        return match parse_postgres_url(raw) {
+            Ok(url) => Database::Postgres(url),
+            Err(message) => {
+                c.fail(key, message);
+                Database::Redb(PathBuf::new())
+            }
+        };
+    }
+    if let Some((scheme, _)) = raw.split_once("://") {
+        if !["sqlite", "redb", "file"].contains(&scheme.to_ascii_lowercase().as_str()) {
+            c.fail(
+                key,
+                format!(
+                    "unsupported database URL scheme {scheme:?}: use postgres:// or a file path"
+                ),
+            );
+        }
+    }
+    let path = ["sqlite:///", "redb://", "file://"]
+        .iter()
+        .find_map(|scheme| raw.strip_prefix(scheme))
+        .unwrap_or(raw);
+    if path.is_empty() {
+        c.fail(key, "names no file");
+    }
+    Database::Redb(PathBuf::from(path))
+}
+
+/// Check a PostgreSQL URL with the client's own parser; `sslmode` is taken out and kept as
+/// `DatabaseTls` (the client knows no `verify-full`). Messages never repeat the password.
+fn parse_postgres_url(raw: &str) -> Result<PostgresUrl, String> {
+    let masked = mask_url_password(raw);
+    let (base, query) = raw.split_once('?').unwrap_or((raw, ""));
+    let mut tls = DatabaseTls::Prefer;
+    let mut kept = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("sslmode", v)) => {
+                tls = match v {
+                    "disable" => DatabaseTls::Disable,
+                    "prefer" => DatabaseTls::Prefer,
+                    "require" => DatabaseTls::Require,
+                    "verify-full" => DatabaseTls::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode {other:?} is not supported: use disable, prefer, require or verify-full (in {masked})"
+                        ))
+                    }
+                }
+            }
+            _ => kept.push(kv),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let parsed = url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("not a valid PostgreSQL URL ({e}): {masked}"))?;
+    if parsed.get_hosts().is_empty() {
+        return Err(format!("names no host: {masked}"));
+    }
+    if parsed.get_dbname().is_none() {
+        return Err(format!("names no database: {masked}"));
+    }
+    Ok(PostgresUrl { url, tls })
 }
 
 fn log_level(c: &mut Checker, raw: &str) -> String {
@@ -725,6 +826,41 @@ fn routes(c: &mut Checker, raw: &[RawRoute], api_prefix: &str) -> Vec<RouteSpec>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_settings() {
+        let mut c = Checker { errors: Vec::new() };
+        assert_eq!(
+            database(&mut c, "k", "sqlite:///./data/users.db"),
+            Database::Redb("./data/users.db".into())
+        );
+        let Database::Postgres(url) = database(
+            &mut c,
+            "k",
+            "postgresql://app:pw@db.example.com:5433/portcullis?sslmode=verify-full&application_name=x",
+        ) else {
+            panic!("not postgres")
+        };
+        assert_eq!(url.tls, DatabaseTls::VerifyFull);
+        assert_eq!(
+            url.url,
+            "postgresql://app:pw@db.example.com:5433/portcullis?application_name=x"
+        );
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        for bad in [
+            "postgres://app:s3cret@db/p?sslmode=verify-ca",
+            "postgres://app:s3cret@db/p?port=notanumber",
+            "postgres://app:s3cret@/p",
+            "postgres://app:s3cret@db",
+            "mysql://app:s3cret@db/p",
+        ] {
+            let mut c = Checker { errors: Vec::new() };
+            database(&mut c, "storage.database", bad);
+            assert_eq!(c.errors.len(), 1, "{bad}");
+            assert_eq!(c.errors[0].key, "storage.database");
+            assert!(!c.errors[0].message.contains("s3cret"), "{}", c.errors[0]);
+        }
+    }
 
     #[test]
     fn prefixes() {

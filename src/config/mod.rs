@@ -262,8 +262,99 @@ pub struct IdentityHeaders {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSettings {
-    pub database: PathBuf,
-    pub audit_database: PathBuf,
+    pub database: Database,
+    /// The audit log: the same PostgreSQL database as `database` unless named.
+    pub audit_database: Database,
+    /// Extra trusted CA certificates (PEM) for `sslmode=verify-full`; the web's roots otherwise.
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Connections each replica keeps open to PostgreSQL (besides its notification channel).
+    pub postgres_pool_size: usize,
+}
+
+/// Where data lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Database {
+    /// An embedded redb file: one instance.
+    Redb(PathBuf),
+    /// PostgreSQL: shared by every replica.
+    Postgres(PostgresUrl),
+}
+
+impl Database {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+
+    /// For messages and logs: the path, or the URL with its password masked.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Redb(path) => path.display().to_string(),
+            Database::Postgres(url) => url.masked(),
+        }
+    }
+}
+
+/// How the connection to PostgreSQL is protected (libpq's `sslmode` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseTls {
+    /// Plain TCP (or a Unix socket).
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not verified (libpq's
+    /// default).
+    Prefer,
+    /// TLS always; the certificate is not verified (as in libpq).
+    Require,
+    /// TLS always, the certificate verified against the trusted roots and the host name.
+    VerifyFull,
+}
+
+/// A PostgreSQL connection URL (`postgres://user:password@host:port/db?sslmode=…`). Its
+/// password never shows in `Debug`, logs or `check-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl {
+    /// The URL without `sslmode` (which `tls` carries).
+    pub url: String,
+    pub tls: DatabaseTls,
+}
+
+impl PostgresUrl {
+    pub fn masked(&self) -> String {
+        mask_url_password(&self.url)
+    }
+}
+
+impl fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgresUrl({}, {:?})", self.masked(), self.tls)
+    }
+}
+
+/// `scheme://user:********@host/…?password=********`: a URL fit to show.
+pub fn mask_url_password(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                out = format!(
+                    "{scheme}://{user}:********@{host}{}",
+                    &rest[authority_end..]
+                );
+            }
+        }
+    }
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=********"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{base}?{}", query.join("&"));
+    }
+    out
 }
 
 /// A number of requests per period.
@@ -398,6 +489,8 @@ impl RawConfig {
         } else {
             masked.auth.secret_key = "********".into();
         }
+        masked.storage.database = mask_url_password(&masked.storage.database);
+        masked.storage.audit_database = mask_url_password(&masked.storage.audit_database);
         if !masked.email.smtp_password.is_empty() {
             masked.email.smtp_password = "********".into();
         }
@@ -451,6 +544,28 @@ mod tests {
                 .is_empty(),
             "live settings only"
         );
+    }
+
+    #[test]
+    fn database_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://app:s3cret@db:5432/portcullis?sslmode=require"),
+            "postgres://app:********@db:5432/portcullis?sslmode=require"
+        );
+        assert_eq!(
+            mask_url_password("postgresql://db/p?user=app&password=s3cret"),
+            "postgresql://db/p?user=app&password=********"
+        );
+        assert_eq!(
+            mask_url_password("./data/portcullis.redb"),
+            "./data/portcullis.redb"
+        );
+        let mut raw = RawConfig::default();
+        raw.storage.database = "postgres://app:s3cret@db/portcullis".into();
+        let config = Config::from_raw(&raw).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!raw.to_masked_toml().contains("s3cret"));
+        assert_eq!(config.storage.audit_database, config.storage.database);
     }
 
     #[test]

@@ -157,11 +157,13 @@ pub struct RawProxy {
     pub role_header: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
     pub database: String,
     pub audit_database: String,
+    pub postgres_ca_file: String,
+    pub postgres_pool_size: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -349,6 +351,17 @@ impl Default for RawEmail {
             smtp_password: String::new(),
             smtp_ca_file: String::new(),
             max_attempts: 8,
+        }
+    }
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            database: String::new(),
+            audit_database: String::new(),
+            postgres_ca_file: String::new(),
+            postgres_pool_size: 8,
         }
     }
 }

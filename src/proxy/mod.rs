@@ -244,17 +244,13 @@ impl Gateway {
                 let decided = if route.rule.is_public() {
                     Ok(None)
                 } else {
-                    gate::credential(&req.headers)
-                        .and_then(|credential| {
-                            gate::authorize(
-                                &state.tokens,
-                                &state.sessions,
-                                &route.rule,
-                                credential,
-                                now,
-                            )
-                        })
-                        .map(Some)
+                    match gate::credential(&req.headers) {
+                        Ok(credential) => state
+                            .authorize(&route.rule, credential, now)
+                            .await
+                            .map(Some),
+                        Err(e) => Err(e),
+                    }
                 };
                 match decided {
                     Ok(identity) => {

@@ -76,6 +76,12 @@ impl ServeHttp for OpsApp {
                         "application/json",
                         br#"{"status":"draining"}"#.to_vec(),
                     )
+                } else if !self.state.is_ready() {
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "application/json",
+                        br#"{"status":"storage unavailable"}"#.to_vec(),
+                    )
                 } else {
                     reply(
                         StatusCode::OK,

@@ -6,17 +6,17 @@
 //! this module knows which.
 
 pub mod models;
+pub mod postgres;
 pub mod redb;
 
+use crate::config::{Database, StorageSettings};
 use async_trait::async_trait;
 use models::{
-    AccountChange, AuditEvent, AuditFilter, Mail, Session, StoredSession, User, Verification,
+    AccountChange, AuditEvent, AuditFilter, Mail, Session, SessionOwner, StoredSession, User,
+    Verification,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Bumped when a backend's layout changes; a newer database is refused, an older one migrated.
-pub const SCHEMA_VERSION: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,10 +35,15 @@ pub enum StoreError {
         "{0} is already open in another process (is another portcullis running on this data dir?)"
     )]
     AlreadyOpen(PathBuf),
-    #[error(
-        "{path} has schema version {found}; this portcullis understands up to {SCHEMA_VERSION}"
-    )]
-    SchemaTooNew { path: PathBuf, found: u64 },
+    #[error("{path} has schema version {found}; this portcullis understands up to {known}")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
+    /// The database cannot be reached now; the operation did not happen.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -58,9 +63,47 @@ pub struct AccountChanged {
     pub ended_sessions: Vec<String>,
 }
 
+/// What other replicas did to sessions, for each replica's live-session table (stores shared
+/// by several replicas). Applied in order, they keep the table equal to the database's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Every session there is: the table is rebuilt from these, and trusted again. Sent once
+    /// connected, and after every `Lost`.
+    Resync(Vec<StoredSession>),
+    /// The feed broke: changes may be missed until the next `Resync`, so the table must not be
+    /// trusted meanwhile.
+    Lost,
+    SessionOpened(StoredSession),
+    SessionEnded(String),
+    /// Every session of the user ended, but `keep`.
+    SessionsRevoked {
+        user_id: String,
+        keep: Option<String>,
+    },
+    /// The user's email, nickname or role changed.
+    OwnerChanged {
+        user_id: String,
+        owner: SessionOwner,
+    },
+    /// Last activity of sessions as the database has it (from every replica).
+    Activity(Vec<(String, i64)>),
+}
+
 /// Users, sessions, verification links, queued mail and the audit log.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// The change feed, for the one task that keeps the live-session table (taken once). `None`
+    /// for a store with a single user, whose table is the only copy and is loaded with
+    /// `load_sessions` at start.
+    fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+
+    /// Whether the store can serve now (connected, schema in place).
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     // ----- users -----
 
     /// Create a user with its unique indexes, store its verification link and queue `mails`.
@@ -180,18 +223,25 @@ pub trait Store: Send + Sync {
 }
 
 /// The configured store.
-pub fn open(settings: &crate::config::StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(redb::RedbStore::open(
-        &settings.database,
-        &settings.audit_database,
-    )?))
+pub fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
+    match (&settings.database, &settings.audit_database) {
+        (Database::Redb(main), Database::Redb(audit)) => {
+            Ok(Arc::new(redb::RedbStore::open(main, audit)?))
+        }
+        (Database::Postgres(main), Database::Postgres(audit)) => {
+            Ok(Arc::new(postgres::PgStore::open(main, audit, settings)?))
+        }
+        _ => Err(StoreError::Storage(
+            "the audit log and the main database must both be redb files or both PostgreSQL".into(),
+        )),
+    }
 }
 
 /// Put a backup written by `backup_into` back into an empty configured location (server
 /// stopped). The backup is opened and checked before anything is copied.
-pub fn restore(
-    settings: &crate::config::StorageSettings,
-    from: &Path,
-) -> Result<(), crate::store::StoreError> {
-    redb::restore(&settings.database, &settings.audit_database, from)
+pub fn restore(settings: &StorageSettings, from: &Path) -> Result<(), StoreError> {
+    match (&settings.database, &settings.audit_database) {
+        (Database::Redb(main), Database::Redb(audit)) => redb::restore(main, audit, from),
+        _ => Err(StoreError::Storage(postgres::BACKUP_ADVICE.into())),
+    }
 }

@@ -290,11 +290,29 @@ impl AccountChange {
     }
 }
 
-/// A session as it is loaded at start: the record and who it belongs to.
+/// Who a session belongs to, as the live-session table needs it (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOwner {
+    pub email: String,
+    pub nickname: String,
+    pub role: String,
+}
+
+impl SessionOwner {
+    pub fn of(user: &User) -> SessionOwner {
+        SessionOwner {
+            email: user.email.clone(),
+            nickname: user.nickname.clone(),
+            role: user.role.clone(),
+        }
+    }
+}
+
+/// A session as it is loaded: the record and who it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
     pub session: Session,
-    pub user: User,
+    pub owner: SessionOwner,
 }
 
 #[cfg(test)]

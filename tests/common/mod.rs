@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod postgres;
 
 pub use echo::EchoUpstream;
 use portcullis::auth::sessions::{NewSession, Principal};
@@ -80,12 +81,81 @@ pub fn route(path: &str, upstream: SocketAddr, auth: &str, roles: &[&str]) -> Ra
     }
 }
 
-/// Embedded defaults with free loopback ports, a temp data dir and the test key.
+/// The storage backends the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redb,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Redb) };
+}
+
+/// The backend test servers of this thread use.
+pub fn backend() -> Backend {
+    BACKEND.with(|b| b.get())
+}
+
+/// Run `test` with test servers on `backend`; on PostgreSQL when it is installed (said once
+/// and skipped otherwise; the README's test command installs it).
+pub fn with_backend(backend: Backend, test: impl FnOnce()) {
+    if backend == Backend::Postgres && postgres::postgres().is_none() {
+        return;
+    }
+    BACKEND.with(|b| b.set(backend));
+    test();
+    BACKEND.with(|b| b.set(Backend::Redb));
+}
+
+/// A test that runs once on each storage backend: `mod <name> { redb, postgres }`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            fn body() $body
+
+            #[test]
+            fn redb() {
+                $crate::common::with_backend($crate::common::Backend::Redb, body)
+            }
+
+            #[test]
+            fn postgres() {
+                $crate::common::with_backend($crate::common::Backend::Postgres, body)
+            }
+        }
+    };
+}
+
+/// The database URL of a data dir's PostgreSQL database (made on first use and remembered in
+/// the data dir, so a restarted server finds its data).
+fn postgres_url(data_dir: &Path) -> String {
+    let file = data_dir.join(".postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return url;
+    }
+    let url = postgres::postgres()
+        .expect("PostgreSQL for a PostgreSQL test")
+        .new_database();
+    std::fs::write(&file, &url).expect("remember the database");
+    url
+}
+
+/// Embedded defaults with free loopback ports, a temp data dir and the test key; the data in
+/// the data dir, or in a database of its own on PostgreSQL (see `with_backend`).
 pub fn test_raw_config(data_dir: &Path) -> RawConfig {
     let mut raw = RawConfig {
         data_dir: data_dir.to_string_lossy().into_owned(),
         ..RawConfig::default()
     };
+    if backend() == Backend::Postgres {
+        raw.storage.database = postgres_url(data_dir);
+    }
     // A random address in 127.0.0.0/8 as well as a free port: test processes running at the
     // same time cannot end up on each other's listener even if the OS reuses a port number.
     let (listen, admin) = free_addr_pair();
@@ -125,7 +195,33 @@ impl TestServer {
         let clock = Arc::new(ManualClock::new(unix_now()));
         let state = AppState::new(config, clock.clone()).expect("app state");
         let server = RunningServer::start(Arc::new(state)).expect("server starts");
+        // A shared store connects and loads the sessions in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !server.state.is_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         TestServer { server, clock, dir }
+    }
+
+    /// Another replica of `first`'s PostgreSQL store: its own data dir and listeners, the same
+    /// database (the test must run on PostgreSQL).
+    pub fn replica_of(first: &TestServer, configure: impl FnOnce(&mut RawConfig)) -> TestServer {
+        assert_eq!(
+            backend(),
+            Backend::Postgres,
+            "replicas share a PostgreSQL store"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            first.dir.path().join(".postgres-url"),
+            dir.path().join(".postgres-url"),
+        )
+        .expect("share the database");
+        TestServer::start_in(dir, configure)
     }
 
     /// One protected route `/api` (any role), one admin-only `/admin`, one public `/public`,

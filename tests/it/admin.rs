@@ -25,329 +25,333 @@ fn setup() -> (EchoUpstream, TestServer, String) {
     (upstream, server, admin)
 }
 
-#[test]
-fn every_admin_endpoint_refuses_anonymous_and_plain_users() {
-    let (_u, server, admin) = setup();
-    let uid = server.register("user@example.com", "user", PW);
-    let user = server.login("user@example.com", PW);
-    let body = json!({"email": "x@example.com", "nickname": "x", "password": PW, "passphrase": "long enough phrase"});
-    let endpoints = [
-        ("GET", "/accounts_management/".to_string()),
-        ("POST", "/accounts_management/".to_string()),
-        ("GET", format!("/accounts_management/{uid}")),
-        ("PUT", format!("/accounts_management/{uid}")),
-        ("DELETE", format!("/accounts_management/{uid}")),
-        ("GET", "/audit".to_string()),
-    ];
-    for (method, path) in &endpoints {
-        let (status, _) = server.api(method, path, None, Some(body.clone()));
-        assert_eq!(status, 401, "{method} {path} without a token");
-        let (status, answer) = server.api(method, path, Some(&user), Some(body.clone()));
-        assert_eq!(status, 403, "{method} {path} as a user: {answer}");
+crate::on_both_backends! {
+    fn every_admin_endpoint_refuses_anonymous_and_plain_users() {
+        let (_u, server, admin) = setup();
+        let uid = server.register("user@example.com", "user", PW);
+        let user = server.login("user@example.com", PW);
+        let body = json!({"email": "x@example.com", "nickname": "x", "password": PW, "passphrase": "long enough phrase"});
+        let endpoints = [
+            ("GET", "/accounts_management/".to_string()),
+            ("POST", "/accounts_management/".to_string()),
+            ("GET", format!("/accounts_management/{uid}")),
+            ("PUT", format!("/accounts_management/{uid}")),
+            ("DELETE", format!("/accounts_management/{uid}")),
+            ("GET", "/audit".to_string()),
+        ];
+        for (method, path) in &endpoints {
+            let (status, _) = server.api(method, path, None, Some(body.clone()));
+            assert_eq!(status, 401, "{method} {path} without a token");
+            let (status, answer) = server.api(method, path, Some(&user), Some(body.clone()));
+            assert_eq!(status, 403, "{method} {path} as a user: {answer}");
+        }
+        // Nothing changed, and the admin still can.
+        let (status, me) = server.api(
+            "GET",
+            &format!("/accounts_management/{uid}"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(me["nickname"], "user");
     }
-    // Nothing changed, and the admin still can.
-    let (status, me) = server.api(
-        "GET",
-        &format!("/accounts_management/{uid}"),
-        Some(&admin),
-        None,
-    );
-    assert_eq!(status, 200);
-    assert_eq!(me["nickname"], "user");
 }
 
-#[test]
-fn admin_creates_lists_reads_and_updates_accounts() {
-    let (_u, server, admin) = setup();
-    let (status, created) = server.api(
-        "POST",
-        "/accounts_management/",
-        Some(&admin),
-        Some(json!({"email": "new@example.com", "nickname": "new", "password": PW, "passphrase": "long enough phrase", "role": "user"})),
-    );
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_string();
-    assert_eq!(created["role"], "user");
-    assert_eq!(created["is_logged_in"], false);
-    assert!(!created.to_string().contains("argon2"));
-    let (status, _) = server.api(
-        "POST",
-        "/accounts_management/",
-        Some(&admin),
-        Some(json!({"email": "NEW@example.com", "nickname": "other", "password": PW, "passphrase": "long enough phrase"})),
-    );
-    assert_eq!(status, 400, "duplicate email");
-    let (status, _) = server.api(
-        "POST",
-        "/accounts_management/",
-        Some(&admin),
-        Some(json!({"email": "r@example.com", "nickname": "r", "password": PW, "passphrase": "long enough phrase", "role": "root"})),
-    );
-    assert_eq!(status, 400, "unknown role");
+crate::on_both_backends! {
+    fn admin_creates_lists_reads_and_updates_accounts() {
+        let (_u, server, admin) = setup();
+        let (status, created) = server.api(
+            "POST",
+            "/accounts_management/",
+            Some(&admin),
+            Some(json!({"email": "new@example.com", "nickname": "new", "password": PW, "passphrase": "long enough phrase", "role": "user"})),
+        );
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        assert_eq!(created["role"], "user");
+        assert_eq!(created["is_logged_in"], false);
+        assert!(!created.to_string().contains("argon2"));
+        let (status, _) = server.api(
+            "POST",
+            "/accounts_management/",
+            Some(&admin),
+            Some(json!({"email": "NEW@example.com", "nickname": "other", "password": PW, "passphrase": "long enough phrase"})),
+        );
+        assert_eq!(status, 400, "duplicate email");
+        let (status, _) = server.api(
+            "POST",
+            "/accounts_management/",
+            Some(&admin),
+            Some(json!({"email": "r@example.com", "nickname": "r", "password": PW, "passphrase": "long enough phrase", "role": "root"})),
+        );
+        assert_eq!(status, 400, "unknown role");
 
-    let (status, list) = server.api("GET", "/accounts_management/", Some(&admin), None);
-    assert_eq!(status, 200);
-    assert_eq!(list.as_array().unwrap().len(), 2);
-    let boss = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["nickname"] == "boss")
-        .unwrap();
-    assert_eq!(boss["is_logged_in"], true);
-    assert!(boss["idle_duration"].is_string());
-    assert_eq!(
-        server
-            .api(
-                "GET",
-                "/accounts_management/?skip=1&limit=1",
-                Some(&admin),
-                None
-            )
-            .1
+        let (status, list) = server.api("GET", "/accounts_management/", Some(&admin), None);
+        assert_eq!(status, 200);
+        assert_eq!(list.as_array().unwrap().len(), 2);
+        let boss = list
             .as_array()
             .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        server
-            .api("GET", "/accounts_management/?skip=5", Some(&admin), None)
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
-    for bad in ["limit=101", "limit=-1", "skip=abc", "limit=1e3"] {
+            .iter()
+            .find(|u| u["nickname"] == "boss")
+            .unwrap();
+        assert_eq!(boss["is_logged_in"], true);
+        assert!(boss["idle_duration"].is_string());
         assert_eq!(
             server
                 .api(
                     "GET",
-                    &format!("/accounts_management/?{bad}"),
+                    "/accounts_management/?skip=1&limit=1",
+                    Some(&admin),
+                    None
+                )
+                .1
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            server
+                .api("GET", "/accounts_management/?skip=5", Some(&admin), None)
+                .1
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        for bad in ["limit=101", "limit=-1", "skip=abc", "limit=1e3"] {
+            assert_eq!(
+                server
+                    .api(
+                        "GET",
+                        &format!("/accounts_management/?{bad}"),
+                        Some(&admin),
+                        None
+                    )
+                    .0,
+                422,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            server
+                .api("GET", "/accounts_management/nope", Some(&admin), None)
+                .0,
+            404
+        );
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    "/accounts_management/nope",
+                    Some(&admin),
+                    Some(json!({"nickname": "x"}))
+                )
+                .0,
+            404
+        );
+        assert_eq!(
+            server
+                .api("DELETE", "/accounts_management/nope", Some(&admin), None)
+                .0,
+            404
+        );
+
+        let (status, _) = server.api(
+            "PUT",
+            &format!("/accounts_management/{id}"),
+            Some(&admin),
+            Some(json!({"nickname": "renamed", "customer_account": "acme"})),
+        );
+        assert_eq!(status, 200);
+        let (_, view) = server.api(
+            "GET",
+            &format!("/accounts_management/{id}"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(
+            (view["nickname"].as_str(), view["customer_account"].as_str()),
+            (Some("renamed"), Some("acme"))
+        );
+        server.login("new@example.com", PW);
+    }
+}
+
+crate::on_both_backends! {
+    fn lock_role_change_and_delete_take_effect_on_the_next_request() {
+        let (upstream, server, admin) = setup();
+        let uid = server.register("u@example.com", "u", PW);
+        let get = |path: &str, t: &str| {
+            client()
+                .get(server.url(path))
+                .bearer_auth(t)
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        let user = server.login("u@example.com", PW);
+        assert_eq!(get("/api/x", &user), 200);
+        assert_eq!(get("/ops/x", &user), 403);
+
+        // Promotion ends the old sessions; the next login carries the new role.
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{uid}"),
+                    Some(&admin),
+                    Some(json!({"role": "admin"}))
+                )
+                .0,
+            200
+        );
+        assert_eq!(get("/api/x", &user), 401);
+        let promoted = server.login("u@example.com", PW);
+        assert_eq!(get("/ops/x", &promoted), 200);
+        // Demotion: the admin token dies at once.
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{uid}"),
+                    Some(&admin),
+                    Some(json!({"role": "user"}))
+                )
+                .0,
+            200
+        );
+        assert_eq!(get("/ops/x", &promoted), 401);
+        assert_eq!(get("/api/x", &promoted), 401);
+
+        let user = server.login("u@example.com", PW);
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{uid}"),
+                    Some(&admin),
+                    Some(json!({"lock": true}))
+                )
+                .0,
+            200
+        );
+        assert_eq!(get("/api/x", &user), 401);
+        let (status, body) = server.api(
+            "POST",
+            "/login",
+            None,
+            Some(json!({"email": "u@example.com", "password": PW})),
+        );
+        assert_eq!(
+            (status, body["detail"].as_str()),
+            (403, Some("Account locked"))
+        );
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{uid}"),
+                    Some(&admin),
+                    Some(json!({"lock": false}))
+                )
+                .0,
+            200
+        );
+        let user = server.login("u@example.com", PW);
+
+        assert_eq!(
+            server
+                .api(
+                    "DELETE",
+                    &format!("/accounts_management/{uid}"),
                     Some(&admin),
                     None
                 )
                 .0,
-            422,
-            "{bad}"
+            200
         );
+        assert_eq!(get("/api/x", &user), 401);
+        assert_eq!(
+            server
+                .api(
+                    "POST",
+                    "/login",
+                    None,
+                    Some(json!({"email": "u@example.com", "password": PW}))
+                )
+                .0,
+            401
+        );
+        // Requests that the gate refused never reached the upstream.
+        assert_eq!(upstream.count(), 2);
     }
-    assert_eq!(
-        server
-            .api("GET", "/accounts_management/nope", Some(&admin), None)
-            .0,
-        404
-    );
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                "/accounts_management/nope",
-                Some(&admin),
-                Some(json!({"nickname": "x"}))
-            )
-            .0,
-        404
-    );
-    assert_eq!(
-        server
-            .api("DELETE", "/accounts_management/nope", Some(&admin), None)
-            .0,
-        404
-    );
-
-    let (status, _) = server.api(
-        "PUT",
-        &format!("/accounts_management/{id}"),
-        Some(&admin),
-        Some(json!({"nickname": "renamed", "customer_account": "acme"})),
-    );
-    assert_eq!(status, 200);
-    let (_, view) = server.api(
-        "GET",
-        &format!("/accounts_management/{id}"),
-        Some(&admin),
-        None,
-    );
-    assert_eq!(
-        (view["nickname"].as_str(), view["customer_account"].as_str()),
-        (Some("renamed"), Some("acme"))
-    );
-    server.login("new@example.com", PW);
 }
 
-#[test]
-fn lock_role_change_and_delete_take_effect_on_the_next_request() {
-    let (upstream, server, admin) = setup();
-    let uid = server.register("u@example.com", "u", PW);
-    let get = |path: &str, t: &str| {
-        client()
-            .get(server.url(path))
-            .bearer_auth(t)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    let user = server.login("u@example.com", PW);
-    assert_eq!(get("/api/x", &user), 200);
-    assert_eq!(get("/ops/x", &user), 403);
-
-    // Promotion ends the old sessions; the next login carries the new role.
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                &format!("/accounts_management/{uid}"),
-                Some(&admin),
-                Some(json!({"role": "admin"}))
-            )
-            .0,
-        200
-    );
-    assert_eq!(get("/api/x", &user), 401);
-    let promoted = server.login("u@example.com", PW);
-    assert_eq!(get("/ops/x", &promoted), 200);
-    // Demotion: the admin token dies at once.
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                &format!("/accounts_management/{uid}"),
-                Some(&admin),
-                Some(json!({"role": "user"}))
-            )
-            .0,
-        200
-    );
-    assert_eq!(get("/ops/x", &promoted), 401);
-    assert_eq!(get("/api/x", &promoted), 401);
-
-    let user = server.login("u@example.com", PW);
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                &format!("/accounts_management/{uid}"),
-                Some(&admin),
-                Some(json!({"lock": true}))
-            )
-            .0,
-        200
-    );
-    assert_eq!(get("/api/x", &user), 401);
-    let (status, body) = server.api(
-        "POST",
-        "/login",
-        None,
-        Some(json!({"email": "u@example.com", "password": PW})),
-    );
-    assert_eq!(
-        (status, body["detail"].as_str()),
-        (403, Some("Account locked"))
-    );
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                &format!("/accounts_management/{uid}"),
-                Some(&admin),
-                Some(json!({"lock": false}))
-            )
-            .0,
-        200
-    );
-    let user = server.login("u@example.com", PW);
-
-    assert_eq!(
-        server
-            .api(
-                "DELETE",
-                &format!("/accounts_management/{uid}"),
-                Some(&admin),
-                None
-            )
-            .0,
-        200
-    );
-    assert_eq!(get("/api/x", &user), 401);
-    assert_eq!(
-        server
-            .api(
-                "POST",
-                "/login",
-                None,
-                Some(json!({"email": "u@example.com", "password": PW}))
-            )
-            .0,
-        401
-    );
-    // Requests that the gate refused never reached the upstream.
-    assert_eq!(upstream.count(), 2);
-}
-
-#[test]
-fn the_last_admin_stays_an_admin() {
-    let (_u, server, admin) = setup();
-    let (_, me) = server.api("GET", "/my_account/", Some(&admin), None);
-    let boss = me["id"].as_str().unwrap().to_string();
-    for change in [json!({"role": "user"}), json!({"lock": true})] {
-        let (status, body) = server.api(
-            "PUT",
-            &format!("/accounts_management/{boss}"),
-            Some(&admin),
-            Some(change.clone()),
-        );
-        assert_eq!(status, 400, "{change}: {body}");
-    }
-    assert_eq!(
-        server
-            .api(
-                "DELETE",
-                &format!("/accounts_management/{boss}"),
-                Some(&admin),
-                None
-            )
-            .0,
-        400,
-        "an admin cannot delete itself"
-    );
-    assert_eq!(
-        server
-            .api("DELETE", "/my_account/delete", Some(&admin), None)
-            .0,
-        400,
-        "the last admin cannot delete itself"
-    );
-    assert_eq!(
-        server.api("GET", "/my_account/", Some(&admin), None).1["role"],
-        "admin"
-    );
-    // With a second admin, the first may step down.
-    let second = server.register("second@example.com", "second", PW);
-    assert_eq!(
-        server
-            .api(
-                "PUT",
-                &format!("/accounts_management/{second}"),
-                Some(&admin),
-                Some(json!({"role": "admin"}))
-            )
-            .0,
-        200
-    );
-    assert_eq!(
-        server
-            .api(
+crate::on_both_backends! {
+    fn the_last_admin_stays_an_admin() {
+        let (_u, server, admin) = setup();
+        let (_, me) = server.api("GET", "/my_account/", Some(&admin), None);
+        let boss = me["id"].as_str().unwrap().to_string();
+        for change in [json!({"role": "user"}), json!({"lock": true})] {
+            let (status, body) = server.api(
                 "PUT",
                 &format!("/accounts_management/{boss}"),
                 Some(&admin),
-                Some(json!({"role": "user"}))
-            )
-            .0,
-        200
-    );
+                Some(change.clone()),
+            );
+            assert_eq!(status, 400, "{change}: {body}");
+        }
+        assert_eq!(
+            server
+                .api(
+                    "DELETE",
+                    &format!("/accounts_management/{boss}"),
+                    Some(&admin),
+                    None
+                )
+                .0,
+            400,
+            "an admin cannot delete itself"
+        );
+        assert_eq!(
+            server
+                .api("DELETE", "/my_account/delete", Some(&admin), None)
+                .0,
+            400,
+            "the last admin cannot delete itself"
+        );
+        assert_eq!(
+            server.api("GET", "/my_account/", Some(&admin), None).1["role"],
+            "admin"
+        );
+        // With a second admin, the first may step down.
+        let second = server.register("second@example.com", "second", PW);
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{second}"),
+                    Some(&admin),
+                    Some(json!({"role": "admin"}))
+                )
+                .0,
+            200
+        );
+        assert_eq!(
+            server
+                .api(
+                    "PUT",
+                    &format!("/accounts_management/{boss}"),
+                    Some(&admin),
+                    Some(json!({"role": "user"}))
+                )
+                .0,
+            200
+        );
+    }
 }
 
 #[test]

@@ -205,6 +205,13 @@ const BAD_ENV: &[(&str, &str, &str)] = &[
     ("PORTCULLIS_PROXY__NICKNAME_HEADER", "", "proxy.nickname_header"),
     ("PORTCULLIS_PROXY__ROLE_HEADER", "X-Auth-Role:", "proxy.role_header"),
     ("PORTCULLIS_STORAGE__AUDIT_DATABASE", "./data/portcullis.redb", "storage.audit_database"),
+    ("PORTCULLIS_STORAGE__DATABASE", "mysql://app:pw@db/portcullis", "storage.database"),
+    ("DATABASE_URL", "postgres://app:pw@db/portcullis?sslmode=verify-ca", "storage.database"),
+    ("DATABASE_URL", "postgres://app:pw@db", "storage.database"),
+    ("DATABASE_URL", "postgresql://app:pw@db:notaport/portcullis", "storage.database"),
+    ("LOG_DATABASE_URL", "postgres://app:pw@db/audit", "storage.audit_database"),
+    ("PORTCULLIS_STORAGE__POSTGRES_POOL_SIZE", "0", "storage.postgres_pool_size"),
+    ("PORTCULLIS_STORAGE__POSTGRES_CA_FILE", "/nonexistent/ca.pem", "storage.postgres_ca_file"),
     ("RATE_LIMITS_PUBLIC_ROUTES", "0", "rate_limits.public_routes"),
     ("RATE_LIMITS_PUBLIC_TIME_UNIT", "10fortnights", "rate_limits.public_time_unit"),
     ("RATE_LIMITS_PRIVATE_ROUTES", "lots", "rate_limits.private_routes"),
@@ -445,4 +452,30 @@ fn example_config_is_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn database_passwords_never_show_in_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(
+        dir.path(),
+        &["check-config"],
+        &[("DATABASE_URL", "postgres://app:s3cret@db.example.com/portcullis?sslmode=require")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("postgres://app:********@db.example.com/portcullis?sslmode=require"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret"));
+    let out = portcullis(
+        dir.path(),
+        &["check-config"],
+        &[("DATABASE_URL", "postgres://app:s3cret@db.example.com:99999/portcullis")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("storage.database"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }

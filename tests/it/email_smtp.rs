@@ -163,31 +163,32 @@ fn verification_mail_goes_out_over_smtp() {
     });
 }
 
-#[test]
-fn mail_is_retried_until_the_server_comes_back() {
-    let port = free_port();
-    let server = TestServer::start(smtp_config(port));
-    // The SMTP server is down: the account is created all the same.
-    server.register("patient@example.com", "patient", PW);
-    server.login("patient@example.com", PW);
-    wait_until("a failed attempt", || mail_metric(&server, "retried") >= 1);
-    let (_, received) = smtp_server(port, false);
-    server.clock.advance(3600);
-    wait_until("delivery after the retry", || {
-        !received.lock().unwrap().is_empty()
-    });
-    assert_eq!(
-        received.lock().unwrap()[0].0,
-        vec!["patient@example.com".to_string()]
-    );
-    // The SMTP server has the message a moment before portcullis has recorded the delivery.
-    wait_until("the delivery to be recorded", || {
-        mail_metric(&server, "sent") == 1
-    });
-    assert_eq!(
-        crate::common::block_on(server.store().mail_queue_len()).unwrap(),
-        0
-    );
+crate::on_both_backends! {
+    fn mail_is_retried_until_the_server_comes_back() {
+        let port = free_port();
+        let server = TestServer::start(smtp_config(port));
+        // The SMTP server is down: the account is created all the same.
+        server.register("patient@example.com", "patient", PW);
+        server.login("patient@example.com", PW);
+        wait_until("a failed attempt", || mail_metric(&server, "retried") >= 1);
+        let (_, received) = smtp_server(port, false);
+        server.clock.advance(3600);
+        wait_until("delivery after the retry", || {
+            !received.lock().unwrap().is_empty()
+        });
+        assert_eq!(
+            received.lock().unwrap()[0].0,
+            vec!["patient@example.com".to_string()]
+        );
+        // The SMTP server has the message a moment before portcullis has recorded the delivery.
+        wait_until("the delivery to be recorded", || {
+            mail_metric(&server, "sent") == 1
+        });
+        assert_eq!(
+            crate::common::block_on(server.store().mail_queue_len()).unwrap(),
+            0
+        );
+    }
 }
 
 #[test]

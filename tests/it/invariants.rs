@@ -88,56 +88,57 @@ fn admins(server: &TestServer, emails: &[&str]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn two_admins_demoting_each_other_at_once_leave_one_admin() {
-    let upstream = EchoUpstream::start();
-    let server = slow_hashing_server(&upstream);
-    server.register("a@example.com", "a", PW);
-    let a = server.login("a@example.com", PW);
-    let (status, _) = server.api(
-        "POST",
-        "/accounts_management/",
-        Some(&a),
-        Some(
-            json!({"email": "b@example.com", "nickname": "b", "password": PW,
-                    "passphrase": PASSPHRASE, "role": "admin"}),
-        ),
-    );
-    assert_eq!(status, 201);
-    let b = server.login("b@example.com", PW);
-    let id_of = |token: &str| {
-        server.api("GET", "/my_account/", Some(token), None).1["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (a_id, b_id) = (id_of(&a), id_of(&b));
-    // Each demotes the other and sets a new password, so each request hashes after its checks:
-    // both pass every check before either writes.
-    let demote = json!({"role": "user", "password": NEW_PW});
-    let first = send(
-        &server,
-        "PUT",
-        format!("/accounts_management/{b_id}"),
-        Some(a.clone()),
-        demote.clone(),
-    );
-    wait_for_hashes(&server, 1);
-    let second = send(
-        &server,
-        "PUT",
-        format!("/accounts_management/{a_id}"),
-        Some(b.clone()),
-        demote,
-    );
-    wait_for_hashes(&server, 2);
-    let (s1, b1) = first.join().unwrap();
-    let (s2, b2) = second.join().unwrap();
-    let mut statuses = [s1, s2];
-    statuses.sort();
-    assert_eq!(statuses, [200, 400], "one demotion wins: {b1} / {b2}");
-    let left = admins(&server, &["a@example.com", "b@example.com"]);
-    assert_eq!(left.len(), 1, "admins left: {left:?}");
+crate::on_both_backends! {
+    fn two_admins_demoting_each_other_at_once_leave_one_admin() {
+        let upstream = EchoUpstream::start();
+        let server = slow_hashing_server(&upstream);
+        server.register("a@example.com", "a", PW);
+        let a = server.login("a@example.com", PW);
+        let (status, _) = server.api(
+            "POST",
+            "/accounts_management/",
+            Some(&a),
+            Some(
+                json!({"email": "b@example.com", "nickname": "b", "password": PW,
+                        "passphrase": PASSPHRASE, "role": "admin"}),
+            ),
+        );
+        assert_eq!(status, 201);
+        let b = server.login("b@example.com", PW);
+        let id_of = |token: &str| {
+            server.api("GET", "/my_account/", Some(token), None).1["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (a_id, b_id) = (id_of(&a), id_of(&b));
+        // Each demotes the other and sets a new password, so each request hashes after its checks:
+        // both pass every check before either writes.
+        let demote = json!({"role": "user", "password": NEW_PW});
+        let first = send(
+            &server,
+            "PUT",
+            format!("/accounts_management/{b_id}"),
+            Some(a.clone()),
+            demote.clone(),
+        );
+        wait_for_hashes(&server, 1);
+        let second = send(
+            &server,
+            "PUT",
+            format!("/accounts_management/{a_id}"),
+            Some(b.clone()),
+            demote,
+        );
+        wait_for_hashes(&server, 2);
+        let (s1, b1) = first.join().unwrap();
+        let (s2, b2) = second.join().unwrap();
+        let mut statuses = [s1, s2];
+        statuses.sort();
+        assert_eq!(statuses, [200, 400], "one demotion wins: {b1} / {b2}");
+        let left = admins(&server, &["a@example.com", "b@example.com"]);
+        assert_eq!(left.len(), 1, "admins left: {left:?}");
+    }
 }
 
 /// Occupy the one hashing thread, then queue a login of `email` behind it: once this returns,
@@ -169,122 +170,125 @@ fn login_waiting_for_the_hasher(
     })
 }
 
-#[test]
-fn a_login_waiting_for_its_password_check_when_the_account_is_locked_gets_no_usable_token() {
-    let upstream = EchoUpstream::start();
-    let server = slow_hashing_server(&upstream);
-    server.register("boss@example.com", "boss", PW);
-    let boss = server.login("boss@example.com", PW);
-    let uid = server.register("eve@example.com", "eve", PW);
-    let login = login_waiting_for_the_hasher(&server, "eve@example.com");
-    let (status, body) = server.api(
-        "PUT",
-        &format!("/accounts_management/{uid}"),
-        Some(&boss),
-        Some(json!({"lock": true})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = login.join().unwrap();
-    if status == 200 {
+crate::on_both_backends! {
+    fn a_login_waiting_for_its_password_check_when_the_account_is_locked_gets_no_usable_token() {
+        let upstream = EchoUpstream::start();
+        let server = slow_hashing_server(&upstream);
+        server.register("boss@example.com", "boss", PW);
+        let boss = server.login("boss@example.com", PW);
+        let uid = server.register("eve@example.com", "eve", PW);
+        let login = login_waiting_for_the_hasher(&server, "eve@example.com");
+        let (status, body) = server.api(
+            "PUT",
+            &format!("/accounts_management/{uid}"),
+            Some(&boss),
+            Some(json!({"lock": true})),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = login.join().unwrap();
+        if status == 200 {
+            let token = body["access_token"].as_str().unwrap();
+            let before = upstream.count();
+            let proxied = client()
+                .get(server.url("/api/x"))
+                .bearer_auth(token)
+                .send()
+                .unwrap()
+                .status();
+            assert_eq!(proxied, 401, "a locked account's fresh token was accepted");
+            assert_eq!(upstream.count(), before);
+            let (status, _) = server.api("GET", "/my_account/", Some(token), None);
+            assert_eq!(status, 401);
+        } else {
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(body["detail"], "Account locked");
+        }
+    }
+}
+
+crate::on_both_backends! {
+    fn a_login_waiting_for_its_password_check_when_the_user_is_demoted_never_gets_the_old_role() {
+        let upstream = EchoUpstream::start();
+        let server = slow_hashing_server(&upstream);
+        server.register("boss@example.com", "boss", PW);
+        let boss = server.login("boss@example.com", PW);
+        let (status, created) = server.api(
+            "POST",
+            "/accounts_management/",
+            Some(&boss),
+            Some(
+                json!({"email": "deputy@example.com", "nickname": "deputy", "password": PW,
+                        "passphrase": PASSPHRASE, "role": "admin"}),
+            ),
+        );
+        assert_eq!(status, 201);
+        let deputy_id = created["id"].as_str().unwrap().to_string();
+        let login = login_waiting_for_the_hasher(&server, "deputy@example.com");
+        let (status, body) = server.api(
+            "PUT",
+            &format!("/accounts_management/{deputy_id}"),
+            Some(&boss),
+            Some(json!({"role": "user"})),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = login.join().unwrap();
+        assert_eq!(status, 200, "the password was right all along: {body}");
+        assert_eq!(body["user"]["role"], "user", "{body}");
         let token = body["access_token"].as_str().unwrap();
         let before = upstream.count();
-        let proxied = client()
-            .get(server.url("/api/x"))
+        let status = client()
+            .get(server.url("/ops/x"))
             .bearer_auth(token)
             .send()
             .unwrap()
             .status();
-        assert_eq!(proxied, 401, "a locked account's fresh token was accepted");
+        assert_eq!(status, 403, "the demoted deputy passed an admin-only route");
         assert_eq!(upstream.count(), before);
-        let (status, _) = server.api("GET", "/my_account/", Some(token), None);
-        assert_eq!(status, 401);
-    } else {
-        assert_eq!(status, 403, "{body}");
-        assert_eq!(body["detail"], "Account locked");
     }
 }
 
-#[test]
-fn a_login_waiting_for_its_password_check_when_the_user_is_demoted_never_gets_the_old_role() {
-    let upstream = EchoUpstream::start();
-    let server = slow_hashing_server(&upstream);
-    server.register("boss@example.com", "boss", PW);
-    let boss = server.login("boss@example.com", PW);
-    let (status, created) = server.api(
-        "POST",
-        "/accounts_management/",
-        Some(&boss),
-        Some(
-            json!({"email": "deputy@example.com", "nickname": "deputy", "password": PW,
-                    "passphrase": PASSPHRASE, "role": "admin"}),
-        ),
-    );
-    assert_eq!(status, 201);
-    let deputy_id = created["id"].as_str().unwrap().to_string();
-    let login = login_waiting_for_the_hasher(&server, "deputy@example.com");
-    let (status, body) = server.api(
-        "PUT",
-        &format!("/accounts_management/{deputy_id}"),
-        Some(&boss),
-        Some(json!({"role": "user"})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = login.join().unwrap();
-    assert_eq!(status, 200, "the password was right all along: {body}");
-    assert_eq!(body["user"]["role"], "user", "{body}");
-    let token = body["access_token"].as_str().unwrap();
-    let before = upstream.count();
-    let status = client()
-        .get(server.url("/ops/x"))
-        .bearer_auth(token)
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 403, "the demoted deputy passed an admin-only route");
-    assert_eq!(upstream.count(), before);
-}
-
-#[test]
-fn a_token_whose_role_claim_was_raised_and_re_signed_gets_the_sessions_role() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let upstream = EchoUpstream::start();
-    let server = slow_hashing_server(&upstream);
-    server.register("boss@example.com", "boss", PW);
-    server.register("mallory@example.com", "mallory", PW);
-    let token = server.login("mallory@example.com", PW);
-    // Whoever holds the signing key (a service verifying tokens offline, say) raises the role.
-    let payload = token.split('.').nth(1).unwrap();
-    use base64::Engine;
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut claims: serde_json::Value =
-        serde_json::from_slice(&engine.decode(payload).unwrap()).unwrap();
-    claims["role"] = json!("admin");
-    claims["email"] = json!("boss@example.com");
-    let mut header = Header::new(Algorithm::HS256);
-    header.typ = Some("at+jwt".into());
-    let forged = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_secret(TEST_KEY.as_bytes()),
-    )
-    .unwrap();
-    let status = client()
-        .get(server.url("/ops/x"))
-        .bearer_auth(&forged)
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 403, "the raised role claim was believed");
-    let status = client()
-        .get(server.url("/api/x"))
-        .bearer_auth(&forged)
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
-    let seen = upstream.last();
-    assert_eq!(seen.header("x-auth-role"), Some("user"));
-    assert_eq!(seen.header("x-auth-email"), Some("mallory@example.com"));
+crate::on_both_backends! {
+    fn a_token_whose_role_claim_was_raised_and_re_signed_gets_the_sessions_role() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let upstream = EchoUpstream::start();
+        let server = slow_hashing_server(&upstream);
+        server.register("boss@example.com", "boss", PW);
+        server.register("mallory@example.com", "mallory", PW);
+        let token = server.login("mallory@example.com", PW);
+        // Whoever holds the signing key (a service verifying tokens offline, say) raises the role.
+        let payload = token.split('.').nth(1).unwrap();
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&engine.decode(payload).unwrap()).unwrap();
+        claims["role"] = json!("admin");
+        claims["email"] = json!("boss@example.com");
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some("at+jwt".into());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(TEST_KEY.as_bytes()),
+        )
+        .unwrap();
+        let status = client()
+            .get(server.url("/ops/x"))
+            .bearer_auth(&forged)
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status, 403, "the raised role claim was believed");
+        let status = client()
+            .get(server.url("/api/x"))
+            .bearer_auth(&forged)
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        let seen = upstream.last();
+        assert_eq!(seen.header("x-auth-role"), Some("user"));
+        assert_eq!(seen.header("x-auth-email"), Some("mallory@example.com"));
+    }
 }
 
 /// Password resets run while the server is killed at random moments. After every restart, an

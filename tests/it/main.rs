@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod paths;
 mod reload;
+mod replicas;
 mod self_service;
 mod upgrade;
 mod upstream;

@@ -3,15 +3,18 @@
 //! them on its own threads.
 
 use crate::store::models::{
-    email_key, nickname_key, AccountChange, AuditEvent, AuditFilter, Mail, Session, StoredSession,
-    User, Verification, ROLE_ADMIN,
+    email_key, nickname_key, AccountChange, AuditEvent, AuditFilter, Mail, Session, SessionOwner,
+    StoredSession, User, Verification, ROLE_ADMIN,
 };
-use crate::store::{AccountChanged, StoreError, SCHEMA_VERSION};
+use crate::store::{AccountChanged, StoreError};
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
     ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use std::path::Path;
+
+/// Bumped when the file layout changes; a newer file is refused, an older one migrated.
+pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -73,6 +76,7 @@ fn check_schema(
                 return Err(StoreError::SchemaTooNew {
                     path: path.to_path_buf(),
                     found: v,
+                    known: SCHEMA_VERSION,
                 })
             }
             Some(v) if v == SCHEMA_VERSION => {}
@@ -549,9 +553,10 @@ impl Db {
             // A session whose user is gone is dead (deletes end sessions in the same
             // transaction; this only guards against older data).
             if let Some(u) = users.get(session.user_id.as_str()).map_err(db_err)? {
+                let user: User = decode(u.value())?;
                 out.push(StoredSession {
                     session,
-                    user: decode(u.value())?,
+                    owner: SessionOwner::of(&user),
                 });
             }
         }

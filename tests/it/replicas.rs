@@ -1,0 +1,331 @@
+//! Several replicas on one PostgreSQL store behave as one: accounts and duplicates are shared,
+//! a session opened on one is honoured on the others at once, and a logout, lock, role change
+//! or deletion on one is refused on every other within a second — also after the notification
+//! connection was killed, during which protected routes fail closed (503), never open.
+
+use crate::common::{client, postgres, route, with_backend, Backend, EchoUpstream, TestServer};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const PW: &str = "Tr1cky-Horse!";
+
+/// Two replicas with a protected `/api` and an admin-only `/ops` route; the first registered
+/// user is an admin.
+fn two_replicas(upstream: &EchoUpstream) -> (TestServer, TestServer) {
+    let addr = upstream.addr;
+    let configure = move |raw: &mut portcullis::config::RawConfig| {
+        raw.bootstrap.first_user_admin = true;
+        raw.routes = vec![
+            route("/api", addr, "required", &[]),
+            route("/ops", addr, "required", &["admin"]),
+        ];
+    };
+    let a = TestServer::start(configure);
+    let b = TestServer::replica_of(&a, configure);
+    (a, b)
+}
+
+fn get(server: &TestServer, path: &str, token: &str) -> u16 {
+    client()
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// How long until `server` answers `path` with `status` (polled; panics after 10 s).
+fn time_until(server: &TestServer, path: &str, token: &str, status: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        if get(server, path, token) == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path} never answered {status}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn on_postgres(test: impl FnOnce()) {
+    with_backend(Backend::Postgres, test)
+}
+
+#[test]
+fn accounts_are_shared_and_duplicates_refused_across_replicas() {
+    on_postgres(|| {
+        let upstream = EchoUpstream::start();
+        let (a, b) = two_replicas(&upstream);
+        a.register("alice@example.com", "alice", PW);
+        // A token issued by one replica works on the other at once (no waiting in the test).
+        let token = a.login("alice@example.com", PW);
+        assert_eq!(get(&b, "/api/x", &token), 200);
+        let token = b.login("alice@example.com", PW);
+        assert_eq!(get(&a, "/api/x", &token), 200);
+        let (status, body) = b.api(
+            "POST",
+            "/register",
+            None,
+            Some(
+                json!({"email": "ALICE@example.com", "nickname": "other", "password": PW,
+                        "passphrase": "correct horse battery staple"}),
+            ),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["detail"], "Email already registered");
+        // Concurrent registrations of one address on both replicas make one account.
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let url = if i % 2 == 0 { a.url("/auth/register") } else { b.url("/auth/register") };
+                std::thread::spawn(move || {
+                    client()
+                        .post(url)
+                        .json(&json!({"email": "race@example.com", "nickname": format!("race{i}"),
+                                      "password": PW, "passphrase": "correct horse battery staple"}))
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        let created = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|s| *s == 201)
+            .count();
+        assert_eq!(created, 1);
+    });
+}
+
+#[test]
+fn revocations_on_one_replica_are_refused_on_the_other_within_a_second() {
+    on_postgres(|| {
+        let upstream = EchoUpstream::start();
+        let (a, b) = two_replicas(&upstream);
+        a.register("boss@example.com", "boss", PW);
+        let boss = a.login("boss@example.com", PW);
+        let uid = a.register("eve@example.com", "eve", PW);
+        let mut worst = Duration::ZERO;
+        // Logouts, 50 times.
+        for _ in 0..50 {
+            let token = b.login("eve@example.com", PW);
+            assert_eq!(get(&b, "/api/x", &token), 200);
+            let (status, _) = a.api("POST", "/logout", Some(&token), None);
+            assert_eq!(status, 200);
+            worst = worst.max(time_until(&b, "/api/x", &token, 401));
+        }
+        // A role change (the promoted admin's old session ends; so does the demoted one's).
+        let token = b.login("eve@example.com", PW);
+        let (status, _) = a.api(
+            "PUT",
+            &format!("/accounts_management/{uid}"),
+            Some(&boss),
+            Some(json!({"role": "admin"})),
+        );
+        assert_eq!(status, 200);
+        worst = worst.max(time_until(&b, "/api/x", &token, 401));
+        let admin_token = b.login("eve@example.com", PW);
+        assert_eq!(get(&b, "/ops/x", &admin_token), 200);
+        let (status, _) = a.api(
+            "PUT",
+            &format!("/accounts_management/{uid}"),
+            Some(&boss),
+            Some(json!({"role": "user", "lock": true})),
+        );
+        assert_eq!(status, 200);
+        worst = worst.max(time_until(&b, "/ops/x", &admin_token, 401));
+        // Deletion.
+        let (status, _) = a.api(
+            "PUT",
+            &format!("/accounts_management/{uid}"),
+            Some(&boss),
+            Some(json!({"lock": false})),
+        );
+        assert_eq!(status, 200);
+        let token = b.login("eve@example.com", PW);
+        let (status, _) = a.api(
+            "DELETE",
+            &format!("/accounts_management/{uid}"),
+            Some(&boss),
+            None,
+        );
+        assert_eq!(status, 200);
+        worst = worst.max(time_until(&b, "/api/x", &token, 401));
+        assert!(
+            worst <= Duration::from_secs(1),
+            "slowest revocation took {worst:?}"
+        );
+        // A profile change reaches the other replica's identity headers.
+        let token = b.login("boss@example.com", PW);
+        let (status, _) = a.api(
+            "PUT",
+            "/my_account/",
+            Some(&boss),
+            Some(json!({"nickname": "chief"})),
+        );
+        assert_eq!(status, 200);
+        let started = Instant::now();
+        loop {
+            assert_eq!(get(&b, "/api/x", &token), 200);
+            if upstream.last().header("x-auth-nickname") == Some("chief") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the new nickname never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+fn resyncs(server: &TestServer) -> u64 {
+    server
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_session_resyncs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ready(server: &TestServer) -> u16 {
+    client()
+        .get(server.admin_url("/readyz"))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_replica_whose_notifications_are_cut_fails_closed_then_catches_up() {
+    on_postgres(|| {
+        let upstream = EchoUpstream::start();
+        let addr = upstream.addr;
+        let a = TestServer::start(|raw| raw.routes = vec![route("/api", addr, "required", &[])]);
+        // B names its connections, so that its notification connection can be cut alone.
+        let b = TestServer::replica_of(&a, |raw| {
+            raw.storage.database.push_str("&application_name=replica-b");
+            raw.routes = vec![route("/api", addr, "required", &[])];
+        });
+        let url = std::fs::read_to_string(a.data_dir().join(".postgres-url")).unwrap();
+        let database = url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_string();
+        let pg = postgres::postgres().unwrap();
+        a.register("alice@example.com", "alice", PW);
+        for round in 0..3 {
+            let token = a.login("alice@example.com", PW);
+            let other = a.login("alice@example.com", PW);
+            assert_eq!(get(&b, "/api/x", &token), 200);
+            let before = resyncs(&b);
+            // B's notification connection is cut, and it cannot reconnect for now.
+            pg.execute(&format!(
+                "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+            ));
+            pg.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'replica-b-listener'",
+            );
+            // Within a second B stops vouching for sessions: 503, and not ready.
+            let cut = time_until(&b, "/api/x", &other, 503);
+            assert!(
+                cut <= Duration::from_secs(1),
+                "round {round}: B noticed after {cut:?}"
+            );
+            assert_eq!(ready(&b), 503);
+            // A session ends meanwhile; B, blind, never lets it through.
+            let (status, _) = a.api("POST", "/logout", Some(&token), None);
+            assert_eq!(status, 200);
+            let seen = upstream.count();
+            for _ in 0..20 {
+                assert_eq!(get(&b, "/api/x", &token), 503);
+                assert_eq!(get(&b, "/api/x", &other), 503);
+            }
+            assert_eq!(upstream.count(), seen, "nothing reached the upstream");
+            // Connections allowed again: B resynchronizes by itself.
+            pg.execute(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"));
+            let started = Instant::now();
+            while resyncs(&b) <= before {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "B never resynchronized"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(get(&b, "/api/x", &token), 401, "the ended session");
+            assert_eq!(get(&b, "/api/x", &other), 200, "the live one");
+            assert_eq!(ready(&b), 200);
+            a.api("POST", "/logout", Some(&other), None);
+        }
+        // A kill alone (reconnecting at once) never lets an ended session through either.
+        let token = a.login("alice@example.com", PW);
+        assert_eq!(get(&b, "/api/x", &token), 200);
+        pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'replica-b-listener'",
+        );
+        let (status, _) = a.api("POST", "/logout", Some(&token), None);
+        assert_eq!(status, 200);
+        let started = Instant::now();
+        loop {
+            let status = get(&b, "/api/x", &token);
+            assert!(
+                status == 401 || status == 503,
+                "the ended session got {status}"
+            );
+            if status == 401 && resyncs(&b) > 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "B never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+#[test]
+fn queued_mail_is_delivered_once_by_three_replicas() {
+    on_postgres(|| {
+        let upstream = EchoUpstream::start();
+        let (a, b) = two_replicas(&upstream);
+        let c = TestServer::replica_of(&a, |_| {});
+        for i in 0..30 {
+            let server = [&a, &b, &c][i % 3];
+            server.register(&format!("user{i}@example.com"), &format!("user{i}"), PW);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let queued = crate::common::block_on(a.store().mail_queue_len()).unwrap();
+            if queued == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{queued} mails never went out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut sent: Vec<String> = [&a, &b, &c]
+            .iter()
+            .flat_map(|s| s.outbox())
+            .filter_map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("To: ").map(str::to_string))
+            })
+            .collect();
+        sent.sort();
+        let count = sent.len();
+        sent.dedup();
+        assert_eq!(count, 30, "{sent:?}");
+        assert_eq!(sent.len(), 30, "a mail went out twice");
+    });
+}
