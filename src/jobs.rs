@@ -37,7 +37,7 @@ impl BackgroundService for SessionFlusher {
                 last_session_purge = Instant::now();
             }
             state.flush_sessions(purge).await;
-            state.evict_idle_limits();
+            state.evict_idle_limits().await;
             if last_audit_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
                 last_audit_purge = Some(Instant::now());
                 let before = state.clock.now() - state.config.audit.retention.as_secs() as i64;

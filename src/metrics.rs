@@ -38,6 +38,8 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     /// Times the live-session table was rebuilt from the shared store.
     pub session_resyncs: IntCounter,
+    /// 1 while the shared store's change feed is connected and current (always 1 without one).
+    pub storage_up: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +154,12 @@ impl Metrics {
             "Times the live-session table was rebuilt from the shared store (at start, and after its change feed was lost)",
         )?;
         registry.register(Box::new(session_resyncs.clone()))?;
+        let storage_up = IntGauge::new(
+            "portcullis_storage_up",
+            "1 while the store is reachable and the live-session table current, else 0 (protected routes then fail closed)",
+        )?;
+        storage_up.set(1);
+        registry.register(Box::new(storage_up.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -177,6 +185,7 @@ impl Metrics {
             reloads,
             header_timeouts,
             session_resyncs,
+            storage_up,
         })
     }
 

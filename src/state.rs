@@ -140,6 +140,7 @@ impl AppState {
         let session_feed = store.take_events();
         if session_feed.is_some() {
             sessions.set_shared();
+            metrics.storage_up.set(0);
         } else {
             for s in block_on(store.load_sessions())?? {
                 sessions.insert(crate::accounts::new_session(&s));
@@ -190,8 +191,12 @@ impl AppState {
                 sessions.replace_all(all.iter().map(crate::accounts::new_session));
                 sessions.trust();
                 self.metrics.session_resyncs.inc();
+                self.metrics.storage_up.set(1);
             }
-            StoreEvent::Lost => sessions.distrust(),
+            StoreEvent::Lost => {
+                sessions.distrust();
+                self.metrics.storage_up.set(0);
+            }
             StoreEvent::SessionOpened(s) => {
                 sessions.insert(crate::accounts::new_session(&s));
             }
@@ -248,9 +253,9 @@ impl AppState {
     }
 
     /// Forget idle rate-limit keys everywhere.
-    pub fn evict_idle_limits(&self) {
+    pub async fn evict_idle_limits(&self) {
         self.live().evict_idle();
-        self.accounts.evict_idle(self.clock.now());
+        self.accounts.evict_idle(self.clock.now()).await;
     }
 
     /// Write behind session activity and forget dead sessions in memory; with `purge_store`,

@@ -33,7 +33,7 @@ impl Accounts {
         fields::password_size(password, self.settings.passwords.max_length)?;
         let email = email.trim();
         let account = email.to_lowercase();
-        if let Some(wait) = self.guard.blocked_for(&account, ctx.now) {
+        if let Some(wait) = self.login_blocked(&account, ctx.now).await? {
             self.metrics
                 .rate_limits
                 .with_label_values(&["login_account", "throttle"])
@@ -72,7 +72,7 @@ impl Accounts {
                 .logins
                 .with_label_values(&["bad_credentials"])
                 .inc();
-            let blocked = self.guard.failure(&account, ctx.now);
+            let blocked = self.login_failed(&account, ctx.now).await?;
             let mut ev = ctx.event(AuditKind::Login, Outcome::Failure, None);
             ev.detail = Some(match blocked {
                 Some(secs) => format!("bad_credentials; account throttled for {secs}s"),
@@ -81,7 +81,7 @@ impl Accounts {
             self.audit(vec![ev]).await;
             return Err(AccountError::BadCredentials);
         };
-        self.guard.success(&account);
+        self.login_succeeded(&account).await?;
         self.may_log_in(ctx, &user).await?;
         // The hashes that prove this password: the one checked, and a stronger one written now.
         let mut proven = vec![user.password_hash.clone()];

@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod fields;
+mod guard;
 mod login;
 mod mail;
 mod profile;
@@ -181,6 +182,7 @@ pub struct Accounts {
     limits: ArcSwap<AccountLimits>,
     settings: Settings,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
     /// Woken when mail is queued, so that it goes out at once.
     mail_queued: Arc<tokio::sync::Notify>,
 }
@@ -225,6 +227,7 @@ impl Accounts {
                 link_base: format!("{}{}", config.server.public_url, config.api.prefix),
             },
             metrics: h.metrics,
+            clock: h.clock,
             mail_queued: h.mail_queued,
         })
     }
@@ -234,10 +237,15 @@ impl Accounts {
         self.limits.store(Arc::new(limits));
     }
 
-    /// Forget idle rate-limit and login-guard state.
-    pub fn evict_idle(&self, now: i64) {
+    /// Forget idle rate-limit and login-guard state (in the shared store too).
+    pub async fn evict_idle(&self, now: i64) {
         self.limits.load().evict_idle();
         self.guard.evict_idle(now);
+        if let Some(shared) = self.store.shared_counters() {
+            if let Err(e) = shared.purge_counters(now, self.guard.window_secs()).await {
+                tracing::warn!(error = %e, "cannot purge shared counters");
+            }
+        }
     }
 
     /// The user behind an authenticated caller, who must still exist and not be locked.
@@ -273,19 +281,6 @@ impl Accounts {
     /// Audit events matching `filter`, newest first.
     pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, AccountError> {
         Ok(self.store.audit_events(filter).await?)
-    }
-
-    /// Count a request against one of the account limits, keyed by `key`.
-    fn admit(
-        &self,
-        scope: &str,
-        pick: impl FnOnce(&AccountLimits) -> &KeyedLimiter,
-        key: impl std::hash::Hash,
-    ) -> Result<Decision, AccountError> {
-        let limits = self.limits.load();
-        pick(&limits)
-            .admit(key, scope, &self.metrics.rate_limits)
-            .map_err(AccountError::Throttled)
     }
 
     fn mail_queued(&self) {

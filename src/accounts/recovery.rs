@@ -23,12 +23,16 @@ impl Accounts {
             return Err(AccountError::Invalid(MISMATCH.into()));
         }
         let email = email.trim();
-        if let Err(throttled) = self.admit("recovery", |l| &l.recovery, email.to_lowercase()) {
+        let admitted = self
+            .admit("recovery", |l| &l.recovery, &email.to_lowercase())
+            .await;
+        if let Err(throttled @ AccountError::Throttled(_)) = admitted {
             let mut ev = ctx.event(AuditKind::Recovery, Outcome::Throttled, None);
             ev.detail = Some("too many attempts for this account".into());
             self.audit(vec![ev]).await;
             return Err(throttled);
         }
+        admitted?;
         let user = if email.len() <= 254 {
             self.store.user_by_email(email).await?
         } else {

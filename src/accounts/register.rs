@@ -106,7 +106,12 @@ const MAX_LINK_TOKEN: usize = 128;
 impl Accounts {
     /// Register an account (limited per client IP) and mail its verification link.
     pub async fn register(&self, ctx: &Context, r: Registration<'_>) -> Result<User, AccountError> {
-        self.admit("registration", |l| &l.registrations, ctx.client_ip)?;
+        self.admit(
+            "registration",
+            |l| &l.registrations,
+            &ctx.client_ip.to_string(),
+        )
+        .await?;
         let rejected = |e: AccountError| {
             self.metrics
                 .registrations
@@ -190,7 +195,8 @@ impl Accounts {
         email: &str,
     ) -> Result<(), AccountError> {
         let email = fields::email(email)?;
-        self.admit("resend", |l| &l.resend, email.to_lowercase())?;
+        self.admit("resend", |l| &l.resend, &email.to_lowercase())
+            .await?;
         let user = self.store.user_by_email(&email).await?;
         if let Some(user) = user.filter(|u| !u.email_verified) {
             let (mail, (hash, v)) = self.verification_mail(&user, ctx.now);

@@ -43,6 +43,37 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The decision of a GCRA limiter with `quota` whose theoretical arrival time, after this
+    /// request if it was `allowed`, is `tat_ms` at `now_ms` (both ms since the epoch).
+    pub fn from_gcra(quota: Quota, allowed: bool, tat_ms: i64, now_ms: i64) -> Decision {
+        let limit = quota.requests.max(1);
+        let period_ms = quota.period.as_millis() as i64;
+        let cell_ms = (period_ms / i64::from(limit)).max(1);
+        let ahead_ms = (tat_ms - now_ms).max(0);
+        let secs = |ms: i64| (ms.max(0) as u64).div_ceil(1000);
+        if allowed {
+            let used = (ahead_ms as u64)
+                .div_ceil(cell_ms as u64)
+                .min(u64::from(limit)) as u32;
+            Decision {
+                allowed: true,
+                limit,
+                remaining: limit - used,
+                reset_secs: secs(ahead_ms),
+                retry_after_secs: 0,
+            }
+        } else {
+            let wait_ms = ahead_ms + cell_ms - period_ms;
+            Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_secs: secs(ahead_ms),
+                retry_after_secs: secs(wait_ms).max(1),
+            }
+        }
+    }
+
     /// The `RateLimit-Limit`, `-Remaining`, `-Reset` (and on refusal `Retry-After`) headers.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![
@@ -269,13 +300,25 @@ impl LoginGuard {
         }
         f.count += 1;
         f.last_failure = now;
-        if f.count >= self.threshold {
-            let doublings = (f.count - self.threshold).min(20);
-            let backoff = (self.base_backoff_secs << doublings).min(self.window_secs);
-            f.blocked_until = now + backoff;
-            return Some(backoff as u64);
+        let backoff = self.backoff(f.count)?;
+        f.blocked_until = now + backoff as i64;
+        Some(backoff)
+    }
+
+    /// How long an account with `failures` recent failures is blocked, if at all: from the
+    /// threshold on, a back-off that doubles with each further failure, up to the window. (The
+    /// policy; where the count lives is the caller's.)
+    pub fn backoff(&self, failures: u32) -> Option<u64> {
+        if failures < self.threshold {
+            return None;
         }
-        None
+        let doublings = (failures - self.threshold).min(20);
+        Some((self.base_backoff_secs << doublings).min(self.window_secs) as u64)
+    }
+
+    /// The window after which failures are forgotten, in seconds.
+    pub fn window_secs(&self) -> i64 {
+        self.window_secs
     }
 
     /// A successful login forgets the account's failures.
@@ -295,6 +338,29 @@ impl LoginGuard {
 
     pub fn tracked(&self) -> usize {
         self.accounts.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod gcra_tests {
+    use super::*;
+
+    #[test]
+    fn gcra_decisions_from_an_arrival_time() {
+        let quota = Quota {
+            requests: 5,
+            period: Duration::from_secs(60),
+        };
+        // First request: one cell (12 s) ahead.
+        let d = Decision::from_gcra(quota, true, 1_012_000, 1_000_000);
+        assert_eq!((d.remaining, d.reset_secs), (4, 12));
+        // Fifth request: the whole period ahead.
+        let d = Decision::from_gcra(quota, true, 1_060_000, 1_000_000);
+        assert_eq!((d.remaining, d.reset_secs), (0, 60));
+        // Refused with the burst used up: the next cell frees in 12 s.
+        let d = Decision::from_gcra(quota, false, 1_060_000, 1_000_000);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_secs, 12);
     }
 }
 

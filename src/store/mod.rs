@@ -89,9 +89,58 @@ pub enum StoreEvent {
     Activity(Vec<(String, i64)>),
 }
 
+/// What a shared GCRA limiter decided: whether the request was admitted, and the key's
+/// theoretical arrival time after it (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub allowed: bool,
+    pub tat_ms: i64,
+}
+
+/// Counters shared by every replica (on PostgreSQL): the login guard's failures per account and
+/// the GCRA state of the account operations' limits. Keys are hashed before they are stored.
+#[async_trait]
+pub trait SharedCounters: Send + Sync {
+    /// Until when (unix seconds) logins to `account` are refused; 0 when they are not.
+    async fn login_blocked_until(&self, account: &str) -> Result<i64, StoreError>;
+
+    /// Count a failed login at `now` (the count restarts after `window_secs` without one);
+    /// returns the count.
+    async fn record_login_failure(
+        &self,
+        account: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<u32, StoreError>;
+
+    /// Refuse logins to `account` until `until` (never shortens an existing block).
+    async fn block_login(&self, account: &str, until: i64) -> Result<(), StoreError>;
+
+    /// A successful login forgets the failures.
+    async fn clear_login_failures(&self, account: &str) -> Result<(), StoreError>;
+
+    /// One GCRA decision: `limit` requests per `period_ms` for `key`, at `now_ms`.
+    async fn admit(
+        &self,
+        key: &str,
+        limit: u32,
+        period_ms: i64,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError>;
+
+    /// Forget counters with nothing left to count at `now` (failures older than `window_secs`
+    /// and unblocked; limits whole again).
+    async fn purge_counters(&self, now: i64, window_secs: i64) -> Result<usize, StoreError>;
+}
+
 /// Users, sessions, verification links, queued mail and the audit log.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// The counters shared with other replicas; `None`: a single instance counts in memory.
+    fn shared_counters(&self) -> Option<&dyn SharedCounters> {
+        None
+    }
+
     /// The change feed, for the one task that keeps the live-session table (taken once). `None`
     /// for a store with a single user, whose table is the only copy and is loaded with
     /// `load_sessions` at start.

@@ -188,11 +188,19 @@ impl TestServer {
 
     /// Start on an existing data dir.
     pub fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut RawConfig)) -> TestServer {
+        TestServer::start_with_clock(dir, Arc::new(ManualClock::new(unix_now())), configure)
+    }
+
+    /// Start on an existing data dir with a given clock (replicas share one).
+    pub fn start_with_clock(
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        configure: impl FnOnce(&mut RawConfig),
+    ) -> TestServer {
         let mut raw = test_raw_config(dir.path());
         configure(&mut raw);
         let config =
             Config::from_raw(&raw).unwrap_or_else(|e| panic!("test config invalid: {e:?}"));
-        let clock = Arc::new(ManualClock::new(unix_now()));
         let state = AppState::new(config, clock.clone()).expect("app state");
         let server = RunningServer::start(Arc::new(state)).expect("server starts");
         // A shared store connects and loads the sessions in the background.
@@ -208,7 +216,7 @@ impl TestServer {
     }
 
     /// Another replica of `first`'s PostgreSQL store: its own data dir and listeners, the same
-    /// database (the test must run on PostgreSQL).
+    /// database and the same clock (the test must run on PostgreSQL).
     pub fn replica_of(first: &TestServer, configure: impl FnOnce(&mut RawConfig)) -> TestServer {
         assert_eq!(
             backend(),
@@ -221,7 +229,7 @@ impl TestServer {
             dir.path().join(".postgres-url"),
         )
         .expect("share the database");
-        TestServer::start_in(dir, configure)
+        TestServer::start_with_clock(dir, first.clock.clone(), configure)
     }
 
     /// One protected route `/api` (any role), one admin-only `/admin`, one public `/public`,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 pub struct Postgres {
     pub port: u16,
-    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// The newest installed PostgreSQL's binaries.
@@ -74,6 +75,12 @@ pub fn postgres() -> Option<&'static Postgres> {
     .as_ref()
 }
 
+/// A PostgreSQL of the calling test's own, to stop and start (`None` when not installed).
+pub fn dedicated() -> Option<Postgres> {
+    postgres()?;
+    Some(start(&bin_dir()?))
+}
+
 fn start(bin: &Path) -> Postgres {
     let owner = run_as();
     let dir = tempfile::Builder::new()
@@ -102,54 +109,107 @@ fn start(bin: &Path) -> Postgres {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = super::free_port();
-    // The server is started from a thread that lives as long as the process, so the
-    // parent-death signal (sent when the *thread* that forked exits) kills it exactly when the
-    // test process ends, however it ends.
-    let (started, result) = std::sync::mpsc::channel();
-    let (postgres, data_arg, socket_arg) = (
-        bin.join("postgres"),
-        data.to_string_lossy().into_owned(),
-        sockets.to_string_lossy().into_owned(),
-    );
-    std::thread::Builder::new()
-        .name("test-postgres".into())
-        .spawn(move || {
-            let mut cmd = command(&postgres, owner);
-            cmd.args(["-D", &data_arg, "-p", &port.to_string(), "-k", &socket_arg])
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-                .args(["-c", "full_page_writes=off", "-c", "max_connections=400"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl on the child between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn();
-            let ok = child.is_ok();
-            let _ = started.send(child.map(|_| ()).map_err(|e| e.to_string()));
-            if ok {
-                loop {
-                    std::thread::park();
-                }
-            }
-        })
-        .expect("postgres thread");
-    result
-        .recv()
-        .expect("postgres thread")
-        .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
-    let pg = Postgres { port, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while super::block_on(pg.admin()).is_err() {
-        assert!(Instant::now() < deadline, "postgres did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pg = Postgres {
+        port: super::free_port(),
+        bin: bin.to_path_buf(),
+        dir,
+    };
+    pg.run();
     pg
+}
+
+impl Postgres {
+    /// Start the server on its data dir and wait until it answers.
+    fn run(&self) {
+        let owner = run_as();
+        let port = self.port;
+        // The server is started from a thread that lives as long as the process, so the
+        // parent-death signal (sent when the *thread* that forked exits) kills it exactly when
+        // the test process ends, however it ends.
+        let (started, result) = std::sync::mpsc::channel();
+        let (postgres, data_arg, socket_arg) = (
+            self.bin.join("postgres"),
+            self.dir.path().join("data").to_string_lossy().into_owned(),
+            self.dir
+                .path()
+                .join("sockets")
+                .to_string_lossy()
+                .into_owned(),
+        );
+        std::thread::Builder::new()
+            .name("test-postgres".into())
+            .spawn(move || {
+                let mut cmd = command(&postgres, owner);
+                cmd.args(["-D", &data_arg, "-p", &port.to_string(), "-k", &socket_arg])
+                    .args(["-c", "listen_addresses=127.0.0.1"])
+                    .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                    .args(["-c", "full_page_writes=off", "-c", "max_connections=400"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                // SAFETY: prctl on the child between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                match cmd.spawn() {
+                    Ok(mut child) => {
+                        let _ = started.send(Ok(()));
+                        // Reap it when it stops (`stop`), then keep the thread alive.
+                        let _ = child.wait();
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .expect("postgres thread");
+        result
+            .recv()
+            .expect("postgres thread")
+            .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while super::block_on(self.admin()).is_err() {
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the server (fast shutdown: connections are closed) and wait until it is gone.
+    pub fn stop(&self) {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("postmaster.pid")
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid");
+        // SAFETY: a signal to the server's own process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pid_file.exists() {
+            assert!(Instant::now() < deadline, "postgres did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start it again after `stop`, on the same port and data.
+    pub fn restart(&self) {
+        self.run();
+    }
+}
+
+impl Drop for Postgres {
+    /// A dedicated server goes with its test (the shared one lives as long as the process).
+    fn drop(&mut self) {
+        if self.dir.path().join("data").join("postmaster.pid").exists() {
+            self.stop();
+        }
+    }
 }
 
 impl Postgres {

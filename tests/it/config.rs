@@ -460,10 +460,17 @@ fn database_passwords_never_show_in_check_config() {
     let out = portcullis(
         dir.path(),
         &["check-config"],
-        &[("DATABASE_URL", "postgres://app:s3cret@db.example.com/portcullis?sslmode=require")],
+        &[(
+            "DATABASE_URL",
+            "postgres://app:s3cret@db.example.com/portcullis?sslmode=require",
+        )],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("postgres://app:********@db.example.com/portcullis?sslmode=require"),
         "{stdout}"
@@ -472,7 +479,10 @@ fn database_passwords_never_show_in_check_config() {
     let out = portcullis(
         dir.path(),
         &["check-config"],
-        &[("DATABASE_URL", "postgres://app:s3cret@db.example.com:99999/portcullis")],
+        &[(
+            "DATABASE_URL",
+            "postgres://app:s3cret@db.example.com:99999/portcullis",
+        )],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));

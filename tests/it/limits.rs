@@ -184,176 +184,178 @@ fn routes_limit_per_user_or_per_ip_and_the_default_applies_elsewhere() {
     assert_eq!(call("/other/x", None, "203.0.113.20").status(), 200);
 }
 
-#[test]
-fn password_guessing_throttles_the_account_not_the_address() {
-    let server = TestServer::start(|raw| raw.server.trusted_proxies = vec!["127.0.0.1/32".into()]);
-    server.register("victim@example.com", "victim", PW);
-    server.register("bystander@example.com", "bystander", PW);
-    let login = |email: &str, password: &str, ip: &str| {
-        post_as(
-            &server,
-            "/auth/login",
-            ip,
-            json!({"email": email, "password": password}),
-        )
-    };
-    for i in 0..5 {
-        assert_eq!(
-            login(
-                "victim@example.com",
-                "Wr0ng-guess!",
-                &format!("198.51.100.{i}")
+crate::on_both_backends! {
+    fn password_guessing_throttles_the_account_not_the_address() {
+        let server = TestServer::start(|raw| raw.server.trusted_proxies = vec!["127.0.0.1/32".into()]);
+        server.register("victim@example.com", "victim", PW);
+        server.register("bystander@example.com", "bystander", PW);
+        let login = |email: &str, password: &str, ip: &str| {
+            post_as(
+                &server,
+                "/auth/login",
+                ip,
+                json!({"email": email, "password": password}),
             )
-            .status(),
-            401
-        );
-    }
-    // Even the right password, from a new address, is refused while the block lasts.
-    let blocked = login("victim@example.com", PW, "198.51.100.77");
-    assert_eq!(blocked.status(), 429);
-    assert_eq!(header(&blocked, "retry-after").as_deref(), Some("30"));
-    // Other accounts are not affected.
-    assert_eq!(
-        login("bystander@example.com", PW, "198.51.100.1").status(),
-        200
-    );
-    // An unknown account is throttled exactly like a real one.
-    for i in 0..5 {
+        };
+        for i in 0..5 {
+            assert_eq!(
+                login(
+                    "victim@example.com",
+                    "Wr0ng-guess!",
+                    &format!("198.51.100.{i}")
+                )
+                .status(),
+                401
+            );
+        }
+        // Even the right password, from a new address, is refused while the block lasts.
+        let blocked = login("victim@example.com", PW, "198.51.100.77");
+        assert_eq!(blocked.status(), 429);
+        assert_eq!(header(&blocked, "retry-after").as_deref(), Some("30"));
+        // Other accounts are not affected.
         assert_eq!(
-            login(
-                "ghost@example.com",
-                "Wr0ng-guess!",
-                &format!("198.51.100.{i}")
-            )
-            .status(),
-            401
+            login("bystander@example.com", PW, "198.51.100.1").status(),
+            200
         );
-    }
-    let ghost = login("ghost@example.com", PW, "198.51.100.77");
-    assert_eq!(ghost.status(), 429);
-    assert_eq!(header(&ghost, "retry-after"), Some("30".to_string()));
-    assert_eq!(
-        ghost.text().unwrap(),
-        login("victim@example.com", PW, "198.51.100.78")
-            .text()
-            .unwrap()
-    );
-    // The back-off grows with each further failure.
-    server.clock.advance(30);
-    assert_eq!(
-        login("victim@example.com", "Wr0ng-guess!", "198.51.100.5").status(),
-        401
-    );
-    assert_eq!(
-        header(
-            &login("victim@example.com", PW, "198.51.100.5"),
-            "retry-after"
-        )
-        .as_deref(),
-        Some("60")
-    );
-    // When the block has passed, the right password works and resets the count.
-    server.clock.advance(60);
-    assert_eq!(
-        login("victim@example.com", PW, "198.51.100.5").status(),
-        200
-    );
-    for _ in 0..4 {
+        // An unknown account is throttled exactly like a real one.
+        for i in 0..5 {
+            assert_eq!(
+                login(
+                    "ghost@example.com",
+                    "Wr0ng-guess!",
+                    &format!("198.51.100.{i}")
+                )
+                .status(),
+                401
+            );
+        }
+        let ghost = login("ghost@example.com", PW, "198.51.100.77");
+        assert_eq!(ghost.status(), 429);
+        assert_eq!(header(&ghost, "retry-after"), Some("30".to_string()));
+        assert_eq!(
+            ghost.text().unwrap(),
+            login("victim@example.com", PW, "198.51.100.78")
+                .text()
+                .unwrap()
+        );
+        // The back-off grows with each further failure.
+        server.clock.advance(30);
         assert_eq!(
             login("victim@example.com", "Wr0ng-guess!", "198.51.100.5").status(),
             401
         );
+        assert_eq!(
+            header(
+                &login("victim@example.com", PW, "198.51.100.5"),
+                "retry-after"
+            )
+            .as_deref(),
+            Some("60")
+        );
+        // When the block has passed, the right password works and resets the count.
+        server.clock.advance(60);
+        assert_eq!(
+            login("victim@example.com", PW, "198.51.100.5").status(),
+            200
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                login("victim@example.com", "Wr0ng-guess!", "198.51.100.5").status(),
+                401
+            );
+        }
+        assert_eq!(
+            login("victim@example.com", PW, "198.51.100.5").status(),
+            200,
+            "four failures after a success do not block"
+        );
+        // Throttles are audited and counted.
+        let metrics = server.metrics();
+        assert!(
+            metrics.contains(
+                "portcullis_rate_limit_decisions_total{outcome=\"throttle\",scope=\"login_account\"}"
+            ),
+            "{metrics}"
+        );
+        let events = crate::common::block_on(server.store().audit_events(
+            portcullis::store::models::AuditFilter {
+                kind: Some(portcullis::store::models::AuditKind::Login),
+                limit: 100,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.outcome == portcullis::store::models::Outcome::Throttled));
     }
-    assert_eq!(
-        login("victim@example.com", PW, "198.51.100.5").status(),
-        200,
-        "four failures after a success do not block"
-    );
-    // Throttles are audited and counted.
-    let metrics = server.metrics();
-    assert!(
-        metrics.contains(
-            "portcullis_rate_limit_decisions_total{outcome=\"throttle\",scope=\"login_account\"}"
-        ),
-        "{metrics}"
-    );
-    let events = crate::common::block_on(server.store().audit_events(
-        portcullis::store::models::AuditFilter {
-            kind: Some(portcullis::store::models::AuditKind::Login),
-            limit: 100,
-            ..Default::default()
-        },
-    ))
-    .unwrap();
-    assert!(events
-        .iter()
-        .any(|e| e.outcome == portcullis::store::models::Outcome::Throttled));
 }
 
-#[test]
-fn recovery_registration_and_resend_have_their_own_limits() {
-    let server = TestServer::start(|raw| {
-        raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
-        raw.limits.recovery_per_account = "2/1hour".into();
-        raw.limits.registrations_per_ip = "2/1hour".into();
-        raw.limits.resend_per_account = "1/1hour".into();
-    });
-    let reg = |email: &str, nick: &str, ip: &str| {
-        post_as(&server, "/auth/register", ip, json!({"email": email, "nickname": nick, "password": PW, "passphrase": "correct horse battery staple"})).status()
-    };
-    assert_eq!(reg("r1@example.com", "r1", "203.0.113.1"), 201);
-    assert_eq!(reg("r2@example.com", "r2", "203.0.113.1"), 201);
-    assert_eq!(reg("r3@example.com", "r3", "203.0.113.1"), 429);
-    assert_eq!(
-        reg("r3@example.com", "r3", "203.0.113.2"),
-        201,
-        "per address"
-    );
+crate::on_both_backends! {
+    fn recovery_registration_and_resend_have_their_own_limits() {
+        let server = TestServer::start(|raw| {
+            raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+            raw.limits.recovery_per_account = "2/1hour".into();
+            raw.limits.registrations_per_ip = "2/1hour".into();
+            raw.limits.resend_per_account = "1/1hour".into();
+        });
+        let reg = |email: &str, nick: &str, ip: &str| {
+            post_as(&server, "/auth/register", ip, json!({"email": email, "nickname": nick, "password": PW, "passphrase": "correct horse battery staple"})).status()
+        };
+        assert_eq!(reg("r1@example.com", "r1", "203.0.113.1"), 201);
+        assert_eq!(reg("r2@example.com", "r2", "203.0.113.1"), 201);
+        assert_eq!(reg("r3@example.com", "r3", "203.0.113.1"), 429);
+        assert_eq!(
+            reg("r3@example.com", "r3", "203.0.113.2"),
+            201,
+            "per address"
+        );
 
-    let recover = |email: &str, phrase: &str| {
-        post_as(
-            &server,
-            "/auth/recovery",
-            "203.0.113.5",
-            json!({"email": email, "passphrase": phrase, "new_password": "N3w-Stable-Horse!"}),
-        )
-        .status()
-    };
-    assert_eq!(recover("r1@example.com", "wrong phrase guess"), 400);
-    assert_eq!(recover("r1@example.com", "wrong phrase guess"), 400);
-    assert_eq!(
-        recover("r1@example.com", "correct horse battery staple"),
-        429,
-        "even the right passphrase"
-    );
-    assert_eq!(
-        recover("r2@example.com", "correct horse battery staple"),
-        200,
-        "another account"
-    );
-    let events = crate::common::block_on(server.store().audit_events(
-        portcullis::store::models::AuditFilter {
-            kind: Some(portcullis::store::models::AuditKind::Recovery),
-            limit: 100,
-            ..Default::default()
-        },
-    ))
-    .unwrap();
-    assert!(events
-        .iter()
-        .any(|e| e.outcome == portcullis::store::models::Outcome::Throttled));
+        let recover = |email: &str, phrase: &str| {
+            post_as(
+                &server,
+                "/auth/recovery",
+                "203.0.113.5",
+                json!({"email": email, "passphrase": phrase, "new_password": "N3w-Stable-Horse!"}),
+            )
+            .status()
+        };
+        assert_eq!(recover("r1@example.com", "wrong phrase guess"), 400);
+        assert_eq!(recover("r1@example.com", "wrong phrase guess"), 400);
+        assert_eq!(
+            recover("r1@example.com", "correct horse battery staple"),
+            429,
+            "even the right passphrase"
+        );
+        assert_eq!(
+            recover("r2@example.com", "correct horse battery staple"),
+            200,
+            "another account"
+        );
+        let events = crate::common::block_on(server.store().audit_events(
+            portcullis::store::models::AuditFilter {
+                kind: Some(portcullis::store::models::AuditKind::Recovery),
+                limit: 100,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.outcome == portcullis::store::models::Outcome::Throttled));
 
-    let resend = || {
-        post_as(
-            &server,
-            "/auth/verify-email/resend",
-            "203.0.113.5",
-            json!({"email": "r3@example.com"}),
-        )
-        .status()
-    };
-    assert_eq!(resend(), 202);
-    assert_eq!(resend(), 429);
+        let resend = || {
+            post_as(
+                &server,
+                "/auth/verify-email/resend",
+                "203.0.113.5",
+                json!({"email": "r3@example.com"}),
+            )
+            .status()
+        };
+        assert_eq!(resend(), 202);
+        assert_eq!(resend(), 429);
+    }
 }
 
 #[test]
@@ -550,6 +552,6 @@ fn a_flood_of_distinct_addresses_keeps_the_tracked_keys_bounded() {
     );
     // Once the window has passed, idle keys are evicted.
     server.clock.advance(180);
-    server.server.state.evict_idle_limits();
+    crate::common::block_on(server.server.state.evict_idle_limits());
     assert_eq!(limiter.tracked(), 0);
 }

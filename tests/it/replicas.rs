@@ -329,3 +329,111 @@ fn queued_mail_is_delivered_once_by_three_replicas() {
         assert_eq!(sent.len(), 30, "a mail went out twice");
     });
 }
+
+#[test]
+fn a_lockout_holds_on_every_replica_and_survives_a_restart() {
+    on_postgres(|| {
+        let upstream = EchoUpstream::start();
+        let (a, b) = two_replicas(&upstream);
+        a.register("victim@example.com", "victim", PW);
+        let login = |server: &TestServer, password: &str| {
+            server
+                .api(
+                    "POST",
+                    "/login",
+                    None,
+                    Some(json!({"email": "victim@example.com", "password": password})),
+                )
+                .0
+        };
+        // Guesses spread over both replicas count as one.
+        for i in 0..5 {
+            let server = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(login(server, "Wrong-Guess-1!"), 401);
+        }
+        assert_eq!(login(&a, PW), 429, "blocked on A");
+        assert_eq!(login(&b, PW), 429, "blocked on B");
+        // A replica that restarts has not forgotten.
+        let TestServer {
+            server: running,
+            dir,
+            ..
+        } = b;
+        running.stop_with(pingora_core::server::ShutdownSignal::FastShutdown);
+        let b = TestServer::start_with_clock(dir, a.clock.clone(), |_| {});
+        assert_eq!(login(&b, PW), 429, "blocked on B after its restart");
+        // Registrations are limited across replicas too.
+        let register = |server: &TestServer, i: u32| {
+            server
+                .api(
+                    "POST",
+                    "/register",
+                    None,
+                    Some(json!({"email": format!("new{i}@example.com"), "nickname": format!("new{i}"),
+                                "password": PW, "passphrase": "correct horse battery staple"})),
+                )
+                .0
+        };
+        let c =
+            TestServer::replica_of(&a, |raw| raw.limits.registrations_per_ip = "3/1hour".into());
+        let d =
+            TestServer::replica_of(&a, |raw| raw.limits.registrations_per_ip = "3/1hour".into());
+        // (The victim's registration under the tests' generous quota has long been forgotten.)
+        a.clock.advance(60);
+        assert_eq!(register(&c, 1), 201);
+        assert_eq!(register(&d, 2), 201);
+        assert_eq!(register(&c, 3), 201);
+        assert_eq!(
+            register(&d, 4),
+            429,
+            "the fourth from one address, on either replica"
+        );
+    });
+}
+
+#[test]
+fn when_postgresql_stops_protected_routes_fail_closed_and_everything_recovers() {
+    on_postgres(|| {
+        let Some(pg) = postgres::dedicated() else {
+            return;
+        };
+        let upstream = EchoUpstream::start();
+        let addr = upstream.addr;
+        let url = pg.new_database();
+        let server = TestServer::start(|raw| {
+            raw.storage.database = url.clone();
+            raw.routes = vec![
+                route("/api", addr, "required", &[]),
+                route("/public", addr, "public", &[]),
+            ];
+        });
+        server.register("alice@example.com", "alice", PW);
+        let token = server.login("alice@example.com", PW);
+        assert_eq!(get(&server, "/api/x", &token), 200);
+        pg.stop();
+        // Within a few seconds: protected routes 503, the accounts API 503 with Retry-After,
+        // not ready; public routes keep working.
+        let failed = time_until(&server, "/api/x", &token, 503);
+        assert!(failed <= Duration::from_secs(3), "took {failed:?}");
+        let before = upstream.count();
+        assert_eq!(get(&server, "/api/x", &token), 503);
+        assert_eq!(upstream.count(), before);
+        assert_eq!(get(&server, "/public/x", &token), 200);
+        let resp = client()
+            .post(server.url("/auth/login"))
+            .json(&json!({"email": "alice@example.com", "password": PW}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+        assert_eq!(ready(&server), 503);
+        assert!(server.metrics().contains("portcullis_storage_up 0"));
+        // The database returns: everything recovers by itself, the session still valid.
+        pg.restart();
+        let recovered = time_until(&server, "/api/x", &token, 200);
+        assert!(recovered <= Duration::from_secs(15), "took {recovered:?}");
+        server.login("alice@example.com", PW);
+        assert_eq!(ready(&server), 200);
+        assert!(server.metrics().contains("portcullis_storage_up 1"));
+    });
+}

@@ -144,7 +144,7 @@ impl Target {
             self.config.clone(),
             self.tls.clone(),
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         Pool::builder(manager)

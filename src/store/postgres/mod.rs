@@ -6,6 +6,7 @@
 //! changes are announced with NOTIFY in the transaction that makes them (`feed.rs`).
 
 mod connect;
+mod counters;
 mod feed;
 mod schema;
 
@@ -292,6 +293,10 @@ fn boxed<'t, T>(f: impl Future<Output = Result<T, StoreError>> + Send + 't) -> B
 
 #[async_trait]
 impl Store for PgStore {
+    fn shared_counters(&self) -> Option<&dyn super::SharedCounters> {
+        Some(self)
+    }
+
     fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
         self.events.lock().ok()?.take()
     }

@@ -22,7 +22,10 @@ impl Part {
     /// The migrations, in order: version n is `migrations()[n - 1]`.
     fn migrations(self) -> &'static [&'static str] {
         match self {
-            Part::Main => &[include_str!("schema/001_initial.sql")],
+            Part::Main => &[
+                include_str!("schema/001_initial.sql"),
+                include_str!("schema/002_counters.sql"),
+            ],
             Part::Audit => &[include_str!("schema/audit_001_initial.sql")],
         }
     }

@@ -1,0 +1,94 @@
+//! What account operations are limited by: the login guard (failed logins per account) and the
+//! per-key limits of registration, recovery and resend. One instance counts in memory; replicas
+//! count in the shared store, so a lockout holds on every replica and across restarts. The
+//! policy (thresholds, back-off, quotas) is the same either way.
+
+use super::{AccountError, AccountLimits, Accounts};
+use crate::auth::limiter::{Decision, KeyedLimiter};
+
+impl Accounts {
+    /// Seconds `account` must wait before a login is evaluated, if it is blocked.
+    pub(super) async fn login_blocked(
+        &self,
+        account: &str,
+        now: i64,
+    ) -> Result<Option<u64>, AccountError> {
+        match self.store.shared_counters() {
+            Some(shared) => {
+                let until = shared.login_blocked_until(account).await?;
+                Ok((until > now).then(|| (until - now) as u64))
+            }
+            None => Ok(self.guard.blocked_for(account, now)),
+        }
+    }
+
+    /// Count a failed login; returns the block it starts, in seconds, if any.
+    pub(super) async fn login_failed(
+        &self,
+        account: &str,
+        now: i64,
+    ) -> Result<Option<u64>, AccountError> {
+        let Some(shared) = self.store.shared_counters() else {
+            return Ok(self.guard.failure(account, now));
+        };
+        let count = shared
+            .record_login_failure(account, now, self.guard.window_secs())
+            .await?;
+        let block = self.guard.backoff(count);
+        if let Some(secs) = block {
+            shared.block_login(account, now + secs as i64).await?;
+        }
+        Ok(block)
+    }
+
+    /// A successful login forgets the account's failures.
+    pub(super) async fn login_succeeded(&self, account: &str) -> Result<(), AccountError> {
+        match self.store.shared_counters() {
+            Some(shared) => Ok(shared.clear_login_failures(account).await?),
+            None => {
+                self.guard.success(account);
+                Ok(())
+            }
+        }
+    }
+
+    /// Count a request against one of the account limits (`scope`, keyed by `key`), counted
+    /// in the metrics; refused with `Throttled`.
+    pub(super) async fn admit(
+        &self,
+        scope: &str,
+        pick: impl FnOnce(&AccountLimits) -> &KeyedLimiter,
+        key: &str,
+    ) -> Result<Decision, AccountError> {
+        let limits = self.limits.load();
+        let limiter = pick(&limits);
+        let decisions = &self.metrics.rate_limits;
+        let Some(shared) = self.store.shared_counters() else {
+            return limiter
+                .admit(key, scope, decisions)
+                .map_err(AccountError::Throttled);
+        };
+        let quota = limiter.quota();
+        let now_ms = self.clock.since_epoch().as_millis() as i64;
+        let admission = shared
+            .admit(
+                &format!("{scope}:{key}"),
+                quota.requests,
+                quota.period.as_millis() as i64,
+                now_ms,
+            )
+            .await?;
+        let decision = Decision::from_gcra(quota, admission.allowed, admission.tat_ms, now_ms);
+        let outcome = if decision.allowed {
+            "allow"
+        } else {
+            "throttle"
+        };
+        decisions.with_label_values(&[scope, outcome]).inc();
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(AccountError::Throttled(decision))
+        }
+    }
+}
