@@ -9,6 +9,9 @@ use std::path::Path;
 /// Have the running server write a backup, then move its files into `out` (created if needed;
 /// files of the same names there are refused).
 pub fn backup(config: &Config, out: &Path) -> Result<(), String> {
+    if config.storage.database.is_postgres() {
+        return Err(crate::store::postgres::BACKUP_ADVICE.to_string());
+    }
     let written = crate::admin_client::request_backup(config.server.admin_listen)?;
     let written = Path::new(&written);
     let files: Vec<_> = fs::read_dir(written)

@@ -48,6 +48,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Copy this instance's embedded data (the server stopped) into an empty PostgreSQL
+    /// database, so that several replicas can serve it.
+    Migrate {
+        /// The PostgreSQL URL, e.g. postgres://user:password@host:5432/portcullis?sslmode=verify-full
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Manage accounts from the command line (with the server stopped).
     Admin {
         #[command(subcommand)]
@@ -216,6 +225,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Migrate { to, config } => run_with_config(&config, |c| {
+            let url =
+                portcullis::config::PostgresUrl::parse(&to).map_err(|e| format!("--to: {e}"))?;
+            let copied = portcullis::store::migrate_to_postgres(&c.storage, &url)
+                .map_err(|e| e.to_string())?;
+            let counts: Vec<String> = copied
+                .counts()
+                .iter()
+                .map(|(what, n)| format!("{n} {what}"))
+                .collect();
+            Ok(format!(
+                "copied {} from {} into {}; set storage.database (DATABASE_URL) to that URL on every replica",
+                counts.join(", "),
+                c.storage.database.describe(),
+                url.masked()
+            ))
+        }),
         Command::Backup { out, config } => run_with_config(&config, |c| {
             portcullis::backup::backup(c, &out)
                 .map(|()| format!("backup written to {}", out.display()))

@@ -499,7 +499,7 @@ fn database(c: &mut Checker, key: &str, raw: &str) -> Database {
 
 /// Check a PostgreSQL URL with the client's own parser; `sslmode` is taken out and kept as
 /// `DatabaseTls` (the client knows no `verify-full`). Messages never repeat the password.
-fn parse_postgres_url(raw: &str) -> Result<PostgresUrl, String> {
+pub(super) fn parse_postgres_url(raw: &str) -> Result<PostgresUrl, String> {
     let masked = mask_url_password(raw);
     let (base, query) = raw.split_once('?').unwrap_or((raw, ""));
     let mut tls = DatabaseTls::Prefer;

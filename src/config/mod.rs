@@ -318,6 +318,19 @@ pub struct PostgresUrl {
 }
 
 impl PostgresUrl {
+    /// Check and read a `postgres://` / `postgresql://` URL (the error never repeats its
+    /// password).
+    pub fn parse(raw: &str) -> Result<PostgresUrl, String> {
+        let lower = raw.trim().to_ascii_lowercase();
+        if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            return Err(format!(
+                "expected a postgres:// URL, found {}",
+                mask_url_password(raw)
+            ));
+        }
+        check::parse_postgres_url(raw.trim())
+    }
+
     pub fn masked(&self) -> String {
         mask_url_password(&self.url)
     }

@@ -54,6 +54,31 @@ impl From<crate::pool::PoolClosed> for StoreError {
     }
 }
 
+/// Everything a store holds, for moving it to another backend (`portcullis migrate`).
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    pub users: Vec<User>,
+    pub sessions: Vec<Session>,
+    /// (token hash, link)
+    pub verifications: Vec<(String, Verification)>,
+    /// (queue id, mail)
+    pub mail: Vec<(u64, Mail)>,
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Export {
+    /// `users N, sessions N, …`.
+    pub fn counts(&self) -> [(&'static str, usize); 5] {
+        [
+            ("users", self.users.len()),
+            ("sessions", self.sessions.len()),
+            ("verification links", self.verifications.len()),
+            ("queued mails", self.mail.len()),
+            ("audit events", self.audit.len()),
+        ]
+    }
+}
+
 /// What a committed account change did.
 #[derive(Debug, Clone)]
 pub struct AccountChanged {
@@ -284,6 +309,24 @@ pub fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
             "the audit log and the main database must both be redb files or both PostgreSQL".into(),
         )),
     }
+}
+
+/// Copy a stopped instance's embedded data into an empty PostgreSQL database (`portcullis
+/// migrate`); returns what was copied, counted again in PostgreSQL.
+pub fn migrate_to_postgres(
+    from: &StorageSettings,
+    to: &crate::config::PostgresUrl,
+) -> Result<Export, StoreError> {
+    let (Database::Redb(main), Database::Redb(audit)) = (&from.database, &from.audit_database)
+    else {
+        return Err(StoreError::Storage(
+            "migrate copies the embedded redb files: storage.database names PostgreSQL already"
+                .into(),
+        ));
+    };
+    let data = redb::export(main, audit)?;
+    postgres::import(to, from, &data)?;
+    Ok(data)
 }
 
 /// Put a backup written by `backup_into` back into an empty configured location (server

@@ -132,6 +132,13 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The storage of a data dir as environment for a spawned portcullis: nothing on redb (the
+/// files are in the data dir), the database URL on PostgreSQL.
+pub fn storage_env(data_dir: &Path) -> Option<(&'static str, String)> {
+    (backend() == Backend::Postgres)
+        .then(|| ("PORTCULLIS_STORAGE__DATABASE", postgres_url(data_dir)))
+}
+
 /// The database URL of a data dir's PostgreSQL database (made on first use and remembered in
 /// the data dir, so a restarted server finds its data).
 fn postgres_url(data_dir: &Path) -> String {
@@ -374,8 +381,8 @@ impl TestServer {
 }
 
 /// The portcullis binary serving the data dir `data` on 127.0.0.1:`listen` (admin: `admin`)
-/// with the test key, error-level logs and request limits out of the way, plus `env`; nothing
-/// else of this process's environment reaches it.
+/// with the test key, error-level logs, request limits out of the way and the thread's storage
+/// backend, plus `env`; nothing else of this process's environment reaches it.
 pub fn spawn_portcullis(
     data: &Path,
     listen: u16,
@@ -399,10 +406,32 @@ pub fn spawn_portcullis(
         .env("LOG_LEVEL", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+    if let Some((name, value)) = storage_env(data) {
+        cmd.env(name, value);
+    }
     for (name, value) in env {
         cmd.env(name, value);
     }
     cmd.spawn().expect("spawn portcullis")
+}
+
+/// Wait (up to a minute) until a spawned portcullis with its admin listener on 127.0.0.1:`admin`
+/// is ready (on PostgreSQL: connected and its sessions loaded).
+pub fn wait_until_ready(admin: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client()
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "portcullis never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Wait (up to a minute) until the accounts API at `base` (e.g. `http://host:port/auth`)

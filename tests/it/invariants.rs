@@ -291,111 +291,114 @@ crate::on_both_backends! {
     }
 }
 
-/// Password resets run while the server is killed at random moments. After every restart, an
-/// account whose reset took effect (the new password logs in) has none of its old sessions.
-#[test]
-fn sigkill_during_password_resets_never_leaves_an_old_session_alive() {
-    const USERS: usize = 6;
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = rand::rng();
-    // (email, token from before the reset) of the previous round, checked after the restart.
-    let mut pending: Vec<(String, String)> = Vec::new();
-    let mut effective = 0;
-    let mut failures = Vec::new();
-    for round in 0..16 {
-        let (listen, admin) = crate::common::free_port_pair();
-        // Cheap hashing: a reset is then mostly its database writes, which is where a crash
-        // must not split it.
-        let mut child = crate::common::spawn_portcullis(
-            dir.path(),
-            listen,
-            admin,
-            &[
-                ("PORTCULLIS_LIMITS__RECOVERY_PER_ACCOUNT", "1000000/1hour"),
-                ("PORTCULLIS_PASSWORDS__ARGON2_MEMORY_KIB", "64"),
-                ("PORTCULLIS_PASSWORDS__ARGON2_ITERATIONS", "1"),
-            ],
-        );
-        let base = format!("http://127.0.0.1:{listen}/auth");
-        crate::common::wait_until_serving(&base);
-        let c = client();
-        for (email, old_token) in pending.drain(..) {
-            let reset = c
-                .post(format!("{base}/login"))
-                .json(&json!({"email": email, "password": NEW_PW}))
-                .send()
-                .unwrap()
-                .status()
-                == 200;
-            if reset {
-                effective += 1;
+crate::on_both_backends! {
+    /// Password resets run while the server is killed at random moments. After every restart,
+    /// an account whose reset took effect (the new password logs in) has none of its old
+    /// sessions.
+    fn sigkill_during_password_resets_never_leaves_an_old_session_alive() {
+        const USERS: usize = 6;
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rng();
+        // (email, token from before the reset) of the previous round, checked after the restart.
+        let mut pending: Vec<(String, String)> = Vec::new();
+        let mut effective = 0;
+        let mut failures = Vec::new();
+        for round in 0..16 {
+            let (listen, admin) = crate::common::free_port_pair();
+            // Cheap hashing: a reset is then mostly its database writes, which is where a crash
+            // must not split it.
+            let mut child = crate::common::spawn_portcullis(
+                dir.path(),
+                listen,
+                admin,
+                &[
+                    ("PORTCULLIS_LIMITS__RECOVERY_PER_ACCOUNT", "1000000/1hour"),
+                    ("PORTCULLIS_PASSWORDS__ARGON2_MEMORY_KIB", "64"),
+                    ("PORTCULLIS_PASSWORDS__ARGON2_ITERATIONS", "1"),
+                ],
+            );
+            let base = format!("http://127.0.0.1:{listen}/auth");
+            crate::common::wait_until_serving(&base);
+            crate::common::wait_until_ready(admin);
+            let c = client();
+            for (email, old_token) in pending.drain(..) {
+                let reset = c
+                    .post(format!("{base}/login"))
+                    .json(&json!({"email": email, "password": NEW_PW}))
+                    .send()
+                    .unwrap()
+                    .status()
+                    == 200;
+                if reset {
+                    effective += 1;
+                    let status = c
+                        .get(format!("{base}/my_account/"))
+                        .bearer_auth(&old_token)
+                        .send()
+                        .unwrap()
+                        .status();
+                    if status != 401 {
+                        failures.push(format!(
+                            "{email}: reset took effect, old session answered {status}"
+                        ));
+                    }
+                }
+            }
+            if round == 15 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            for i in 0..USERS {
+                let email = format!("r{round}u{i}@example.com");
+                let body = json!({"email": email, "nickname": format!("r{round}u{i}"),
+                                  "password": PW, "passphrase": PASSPHRASE});
                 let status = c
-                    .get(format!("{base}/my_account/"))
-                    .bearer_auth(&old_token)
+                    .post(format!("{base}/register"))
+                    .json(&body)
                     .send()
                     .unwrap()
                     .status();
-                if status != 401 {
-                    failures.push(format!(
-                        "{email}: reset took effect, old session answered {status}"
-                    ));
-                }
+                assert_eq!(status, 201);
+                let login: serde_json::Value = c
+                    .post(format!("{base}/login"))
+                    .json(&json!({"email": email, "password": PW}))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                pending.push((email, login["access_token"].as_str().unwrap().to_string()));
             }
-        }
-        if round == 15 {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break;
-        }
-        for i in 0..USERS {
-            let email = format!("r{round}u{i}@example.com");
-            let body = json!({"email": email, "nickname": format!("r{round}u{i}"),
-                              "password": PW, "passphrase": PASSPHRASE});
-            let status = c
-                .post(format!("{base}/register"))
-                .json(&body)
-                .send()
-                .unwrap()
-                .status();
-            assert_eq!(status, 201);
-            let login: serde_json::Value = c
-                .post(format!("{base}/login"))
-                .json(&json!({"email": email, "password": PW}))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
-            pending.push((email, login["access_token"].as_str().unwrap().to_string()));
-        }
-        let resets: Vec<_> = pending
-            .iter()
-            .map(|(email, _)| {
-                let (url, email) = (format!("{base}/recovery"), email.clone());
-                std::thread::spawn(move || {
-                    let _ = client()
-                        .post(url)
-                        .timeout(Duration::from_secs(10))
-                        .json(&json!({"email": email, "passphrase": PASSPHRASE, "new_password": NEW_PW}))
-                        .send();
+            let resets: Vec<_> = pending
+                .iter()
+                .map(|(email, _)| {
+                    let (url, email) = (format!("{base}/recovery"), email.clone());
+                    std::thread::spawn(move || {
+                        let _ = client()
+                            .post(url)
+                            .timeout(Duration::from_secs(10))
+                            .json(&json!({"email": email, "passphrase": PASSPHRASE, "new_password": NEW_PW}))
+                            .send();
+                    })
                 })
-            })
-            .collect();
-        if round == 14 {
-            // One round lets every reset finish first, so some resets surely take effect.
+                .collect();
+            if round == 14 {
+                // One round lets every reset finish first, so some resets surely take effect.
+                for r in resets {
+                    r.join().unwrap();
+                }
+                child.kill().unwrap();
+                child.wait().unwrap();
+                continue;
+            }
+            std::thread::sleep(Duration::from_micros(rng.random_range(0..30_000)));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
             for r in resets {
                 r.join().unwrap();
             }
-            child.kill().unwrap();
-            child.wait().unwrap();
-            continue;
         }
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..30_000)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        for r in resets {
-            r.join().unwrap();
-        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert!(effective >= USERS, "{effective} resets took effect");
     }
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert!(effective >= USERS, "{effective} resets took effect");
 }

@@ -437,3 +437,93 @@ fn when_postgresql_stops_protected_routes_fail_closed_and_everything_recovers() 
         assert!(server.metrics().contains("portcullis_storage_up 1"));
     });
 }
+
+/// `portcullis …` with a clean environment plus `env`.
+fn portcullis(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn one_instance_moves_to_postgresql_with_its_accounts_sessions_and_audit() {
+    let Some(pg) = postgres::postgres() else {
+        return;
+    };
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let routes = move |raw: &mut portcullis::config::RawConfig| {
+        raw.routes = vec![route("/api", addr, "required", &[])];
+    };
+    // A single instance on its embedded files.
+    let single = TestServer::start(routes);
+    single.register("alice@example.com", "alice", PW);
+    single.register("bob@example.com", "bob", PW);
+    let token = single.login("alice@example.com", PW);
+    assert_eq!(get(&single, "/api/x", &token), 200);
+    let TestServer {
+        server: running,
+        dir,
+        clock,
+    } = single;
+    running.stop_with(pingora_core::server::ShutdownSignal::FastShutdown);
+    let data_dir = dir.path().to_string_lossy().into_owned();
+    let url = pg.new_database();
+    let env = [("PORTCULLIS_DATA_DIR", data_dir.as_str())];
+    let out = portcullis(&["migrate", "--to", &url], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("copied 2 users, 1 sessions"), "{stdout}");
+    // A second migration into the now occupied database is refused.
+    let again = portcullis(&["migrate", "--to", &url], &env);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
+    // Bad URLs are named, their passwords not shown.
+    let bad = portcullis(
+        &[
+            "migrate",
+            "--to",
+            "postgres://app:s3cret@db/p?sslmode=verify-ca",
+        ],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr.contains("--to") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+
+    // The same data dir (signing key) on PostgreSQL: the old password and the old session work.
+    with_backend(Backend::Postgres, || {
+        let moved = TestServer::start_with_clock(dir, clock, |raw| {
+            routes(raw);
+            raw.storage.database = url.clone();
+        });
+        assert_eq!(get(&moved, "/api/x", &token), 200, "the session moved");
+        let fresh = moved.login("bob@example.com", PW);
+        assert_eq!(get(&moved, "/api/x", &fresh), 200);
+        let admin_events = crate::common::block_on(moved.store().audit_events(
+            portcullis::store::models::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        assert!(admin_events.len() >= 4, "{admin_events:?}");
+        // Backups of PostgreSQL are pg_dump's job, and portcullis says so.
+        let out = portcullis(
+            &["backup", "--out", "/tmp/nope"],
+            &[("DATABASE_URL", url.as_str())],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
+    });
+}

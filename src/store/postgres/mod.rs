@@ -8,7 +8,10 @@
 mod connect;
 mod counters;
 mod feed;
+mod import;
 mod schema;
+
+pub use import::import;
 
 use super::models::{
     AccountChange, AuditEvent, AuditFilter, AuditKind, Mail, Outcome, Session, SessionOwner,
@@ -227,7 +230,10 @@ async fn put_verification(
     Ok(())
 }
 
-async fn insert_user(tx: &Transaction<'_>, u: &User) -> Result<u64, tokio_postgres::Error> {
+async fn insert_user(
+    tx: &tokio_postgres::Transaction<'_>,
+    u: &User,
+) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO users (id, email, email_key, nickname, nickname_key, password_hash,
              passphrase_hash, customer_account, role, locked, email_verified, created_at,

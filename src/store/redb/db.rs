@@ -745,6 +745,59 @@ impl Db {
         Ok(n)
     }
 
+    // ----- export (migration to another backend) -----
+
+    /// Everything in both databases, read from one snapshot each.
+    pub fn export(&self) -> Result<crate::store::Export, StoreError> {
+        let rtx = self.db.begin_read().map_err(db_err)?;
+        let mut out = crate::store::Export::default();
+        for entry in rtx
+            .open_table(USERS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            out.users.push(decode(entry.map_err(db_err)?.1.value())?);
+        }
+        for entry in rtx
+            .open_table(SESSIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            out.sessions.push(decode(entry.map_err(db_err)?.1.value())?);
+        }
+        for entry in rtx
+            .open_table(VERIFICATIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            out.verifications
+                .push((k.value().to_string(), decode(v.value())?));
+        }
+        for entry in rtx
+            .open_table(MAIL_QUEUE)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            out.mail.push((k.value(), decode(v.value())?));
+        }
+        let atx = self.audit.begin_read().map_err(db_err)?;
+        for entry in atx
+            .open_table(AUDIT)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            out.audit.push(decode(entry.map_err(db_err)?.1.value())?);
+        }
+        Ok(out)
+    }
+
     // ----- backup -----
 
     /// Write a consistent copy of both databases to two new files (which must not exist): each

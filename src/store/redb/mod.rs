@@ -236,7 +236,15 @@ pub fn restore(main: &Path, audit: &Path, from: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The files a backup directory holds, for moving it elsewhere.
-pub fn backup_files() -> [&'static str; 2] {
-    [BACKUP_MAIN, BACKUP_AUDIT]
+/// Everything in the files (the server stopped: the files are opened here).
+pub fn export(main: &Path, audit: &Path) -> Result<crate::store::Export, StoreError> {
+    for path in [main, audit] {
+        if !path.is_file() {
+            return Err(StoreError::Storage(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+    }
+    Db::open(main, audit)?.export()
 }
