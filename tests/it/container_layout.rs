@@ -190,3 +190,77 @@ fn the_image_layout_serves_as_an_unprivileged_user() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// The environment of the replicas in examples/ha/docker-compose.yml (the `&replica-env` map).
+fn ha_replica_env() -> Vec<(String, String)> {
+    let text = repo_file("examples/ha/docker-compose.yml");
+    let mut in_env = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("environment: &replica-env") {
+            in_env = true;
+            continue;
+        }
+        if in_env {
+            let indent = line.len() - line.trim_start().len();
+            if indent < 6 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.trim().split_once(": ") {
+                if !k.starts_with('#') {
+                    out.push((k.to_string(), v.trim().trim_matches('\'').to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_high_availability_example_configures_replicas_on_postgresql() {
+    let env = ha_replica_env();
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for expected in ["DATABASE_URL", "SECRET_KEY", "PORTCULLIS_ROUTES"] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.arg("check-config").current_dir(dir.path()).env_clear();
+    for (k, v) in &env {
+        let v = match k.as_str() {
+            "SECRET_KEY" => {
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string()
+            }
+            // The compose network's name for the upstream does not resolve here.
+            "PORTCULLIS_ROUTES" => {
+                assert!(v.contains("echo:9000"), "{v}");
+                v.replace("echo:9000", "127.0.0.1:9000")
+            }
+            _ => v.clone(),
+        };
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("postgres://portcullis:********@postgres:5432/portcullis"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("portcullis-example-password"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:9000"));
+    // nginx balances both replicas; Prometheus scrapes both admin listeners.
+    let nginx = repo_file("examples/ha/nginx.conf");
+    let prometheus = repo_file("examples/ha/prometheus.yml");
+    for replica in ["portcullis-a", "portcullis-b"] {
+        assert!(
+            nginx.contains(&format!("server {replica}:8000")),
+            "{replica}"
+        );
+        assert!(prometheus.contains(&format!("{replica}:9400")), "{replica}");
+    }
+}
