@@ -78,17 +78,8 @@ impl Accounts {
                 now_ms,
             )
             .await?;
-        let decision = Decision::from_gcra(quota, admission.allowed, admission.tat_ms, now_ms);
-        let outcome = if decision.allowed {
-            "allow"
-        } else {
-            "throttle"
-        };
-        decisions.with_label_values(&[scope, outcome]).inc();
-        if decision.allowed {
-            Ok(decision)
-        } else {
-            Err(AccountError::Throttled(decision))
-        }
+        Decision::from_gcra(quota, admission.allowed, admission.tat_ms, now_ms)
+            .counted(scope, decisions)
+            .map_err(AccountError::Throttled)
     }
 }

@@ -74,6 +74,22 @@ impl Decision {
         }
     }
 
+    /// Record the decision under `scope` in `decisions` (labels scope and `allow`/`throttle`);
+    /// `Err` when it refuses.
+    pub fn counted(
+        self,
+        scope: &str,
+        decisions: &prometheus::IntCounterVec,
+    ) -> Result<Decision, Decision> {
+        let outcome = if self.allowed { "allow" } else { "throttle" };
+        decisions.with_label_values(&[scope, outcome]).inc();
+        if self.allowed {
+            Ok(self)
+        } else {
+            Err(self)
+        }
+    }
+
     /// The `RateLimit-Limit`, `-Remaining`, `-Reset` (and on refusal `Retry-After`) headers.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![
@@ -217,18 +233,7 @@ impl KeyedLimiter {
         scope: &str,
         decisions: &prometheus::IntCounterVec,
     ) -> Result<Decision, Decision> {
-        let decision = self.check(key);
-        let outcome = if decision.allowed {
-            "allow"
-        } else {
-            "throttle"
-        };
-        decisions.with_label_values(&[scope, outcome]).inc();
-        if decision.allowed {
-            Ok(decision)
-        } else {
-            Err(decision)
-        }
+        self.check(key).counted(scope, decisions)
     }
 }
 

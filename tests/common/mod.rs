@@ -415,12 +415,11 @@ pub fn spawn_portcullis(
     cmd.spawn().expect("spawn portcullis")
 }
 
-/// Wait (up to a minute) until a spawned portcullis with its admin listener on 127.0.0.1:`admin`
-/// is ready (on PostgreSQL: connected and its sessions loaded).
-pub fn wait_until_ready(admin: u16) {
+/// Wait (up to a minute) until `url` answers 200.
+fn wait_for_200(url: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while client()
-        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .get(url)
         .send()
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
@@ -428,29 +427,21 @@ pub fn wait_until_ready(admin: u16) {
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "portcullis never became ready"
+            "{url} never answered 200"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Wait (up to a minute) until the accounts API at `base` (e.g. `http://host:port/auth`)
-/// answers.
+/// Wait until a spawned portcullis with its admin listener on 127.0.0.1:`admin` is ready (on
+/// PostgreSQL: connected and its sessions loaded).
+pub fn wait_until_ready(admin: u16) {
+    wait_for_200(&format!("http://127.0.0.1:{admin}/readyz"));
+}
+
+/// Wait until the accounts API at `base` (e.g. `http://host:port/auth`) answers.
 pub fn wait_until_serving(base: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while client()
-        .get(format!("{base}/"))
-        .send()
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{base} did not start serving"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_200(&format!("{base}/"));
 }
 
 /// A blocking HTTP client that never uses a proxy or follows redirects.

@@ -5,6 +5,7 @@
 //! each service its own, and connections must outlive whichever happened to ask first. Session
 //! changes are announced with NOTIFY in the transaction that makes them (`feed.rs`).
 
+mod audit;
 mod connect;
 mod counters;
 mod feed;
@@ -97,6 +98,8 @@ pub struct PgStore {
     audit: Pool,
     events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>>>,
     health: Arc<Health>,
+    /// Audit events from concurrent requests share one commit.
+    audit_writer: audit::AuditWriter,
 }
 
 impl PgStore {
@@ -136,6 +139,7 @@ impl PgStore {
                 Box::new(move || health.migrated.store(true, Ordering::SeqCst))
             },
         }));
+        let audit_writer = audit::AuditWriter::start(runtime.handle(), audit_pool.clone());
         Ok(PgStore {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
@@ -143,6 +147,7 @@ impl PgStore {
             audit: audit_pool,
             events: Mutex::new(Some(events)),
             health,
+            audit_writer,
         })
     }
 
@@ -798,31 +803,12 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(());
         }
-        self.run(&self.audit, move |pool| async move {
-            let mut client = pool.get().await.map_err(pool_err)?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            for e in &events {
-                tx.execute(
-                    "INSERT INTO audit_events (at, kind, outcome, user_id, actor, request_id,
-                         client_ip, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &e.at,
-                        &e.kind.as_str(),
-                        &outcome_name(e.outcome),
-                        &e.user_id,
-                        &e.actor,
-                        &e.request_id,
-                        &e.client_ip,
-                        &e.detail,
-                    ],
-                )
-                .await
-                .map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
-        })
-        .await
+        if !self.is_ready() {
+            return Err(StoreError::Unavailable(
+                "the database has not been reached yet".into(),
+            ));
+        }
+        self.audit_writer.append(events).await
     }
 
     async fn audit_events(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
