@@ -4,6 +4,15 @@
 //! policy (thresholds, back-off, quotas) is the same either way.
 
 use super::{AccountError, AccountLimits, Accounts};
+
+/// The login guard's view of an account before its password is checked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LoginGuardState {
+    /// Seconds to wait, if the account is blocked.
+    pub wait: Option<u64>,
+    /// Whether failures are counted (a success then clears them).
+    pub failures: bool,
+}
 use crate::auth::limiter::{Decision, KeyedLimiter};
 
 impl Accounts {
@@ -12,13 +21,19 @@ impl Accounts {
         &self,
         account: &str,
         now: i64,
-    ) -> Result<Option<u64>, AccountError> {
+    ) -> Result<LoginGuardState, AccountError> {
         match self.store.shared_counters() {
             Some(shared) => {
                 let until = shared.login_blocked_until(account).await?;
-                Ok((until > now).then(|| (until - now) as u64))
+                Ok(LoginGuardState {
+                    wait: until.filter(|u| *u > now).map(|u| (u - now) as u64),
+                    failures: until.is_some(),
+                })
             }
-            None => Ok(self.guard.blocked_for(account, now)),
+            None => Ok(LoginGuardState {
+                wait: self.guard.blocked_for(account, now),
+                failures: true,
+            }),
         }
     }
 
@@ -41,10 +56,16 @@ impl Accounts {
         Ok(block)
     }
 
-    /// A successful login forgets the account's failures.
-    pub(super) async fn login_succeeded(&self, account: &str) -> Result<(), AccountError> {
+    /// A successful login forgets the account's failures (`guard`: what `login_blocked` said
+    /// before the password was checked; nothing to forget, no round trip).
+    pub(super) async fn login_succeeded(
+        &self,
+        account: &str,
+        guard: LoginGuardState,
+    ) -> Result<(), AccountError> {
         match self.store.shared_counters() {
-            Some(shared) => Ok(shared.clear_login_failures(account).await?),
+            Some(shared) if guard.failures => Ok(shared.clear_login_failures(account).await?),
+            Some(_) => Ok(()),
             None => {
                 self.guard.success(account);
                 Ok(())

@@ -33,7 +33,8 @@ impl Accounts {
         fields::password_size(password, self.settings.passwords.max_length)?;
         let email = email.trim();
         let account = email.to_lowercase();
-        if let Some(wait) = self.login_blocked(&account, ctx.now).await? {
+        let guard = self.login_blocked(&account, ctx.now).await?;
+        if let Some(wait) = guard.wait {
             self.metrics
                 .rate_limits
                 .with_label_values(&["login_account", "throttle"])
@@ -81,7 +82,7 @@ impl Accounts {
             self.audit(vec![ev]).await;
             return Err(AccountError::BadCredentials);
         };
-        self.login_succeeded(&account).await?;
+        self.login_succeeded(&account, guard).await?;
         self.may_log_in(ctx, &user).await?;
         // The hashes that prove this password: the one checked, and a stronger one written now.
         let mut proven = vec![user.password_hash.clone()];

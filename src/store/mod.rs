@@ -126,8 +126,9 @@ pub struct Admission {
 /// the GCRA state of the account operations' limits. Keys are hashed before they are stored.
 #[async_trait]
 pub trait SharedCounters: Send + Sync {
-    /// Until when (unix seconds) logins to `account` are refused; 0 when they are not.
-    async fn login_blocked_until(&self, account: &str) -> Result<i64, StoreError>;
+    /// Until when (unix seconds) logins to `account` are refused (0: they are not), if any
+    /// failure of it is counted; `None` when none is.
+    async fn login_blocked_until(&self, account: &str) -> Result<Option<i64>, StoreError>;
 
     /// Count a failed login at `now` (the count restarts after `window_secs` without one);
     /// returns the count.

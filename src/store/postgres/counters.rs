@@ -13,7 +13,7 @@ fn hashed(key: &str) -> String {
 
 #[async_trait]
 impl SharedCounters for PgStore {
-    async fn login_blocked_until(&self, account: &str) -> Result<i64, StoreError> {
+    async fn login_blocked_until(&self, account: &str) -> Result<Option<i64>, StoreError> {
         let account = hashed(account);
         self.run(&self.main, move |pool| async move {
             let client = pool.get().await.map_err(pool_err)?;
@@ -24,7 +24,7 @@ impl SharedCounters for PgStore {
                 )
                 .await
                 .map_err(db_err)?;
-            Ok(row.map_or(0, |r| r.get(0)))
+            Ok(row.map(|r| r.get(0)))
         })
         .await
     }
