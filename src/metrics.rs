@@ -40,6 +40,8 @@ pub struct Metrics {
     pub session_resyncs: IntCounter,
     /// 1 while the shared store's change feed is connected and current (always 1 without one).
     pub storage_up: IntGauge,
+    /// Request-limit decisions made locally because Redis could not be asked.
+    pub redis_fallbacks: IntCounter,
 }
 
 impl Metrics {
@@ -160,6 +162,11 @@ impl Metrics {
         )?;
         storage_up.set(1);
         registry.register(Box::new(storage_up.clone()))?;
+        let redis_fallbacks = IntCounter::new(
+            "portcullis_redis_fallbacks_total",
+            "Request-limit decisions made by this replica alone because Redis could not be asked",
+        )?;
+        registry.register(Box::new(redis_fallbacks.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -186,6 +193,7 @@ impl Metrics {
             header_timeouts,
             session_resyncs,
             storage_up,
+            redis_fallbacks,
         })
     }
 

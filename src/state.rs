@@ -5,6 +5,7 @@
 use crate::accounts::{AccountLimits, Accounts, Handles};
 use crate::auth::gate::{self, Credential, GateError, Rule};
 use crate::auth::keys;
+use crate::auth::limiter::Decision;
 use crate::auth::limiter::KeyedLimiter;
 use crate::auth::sessions::Identity;
 use crate::auth::sessions::SessionTable;
@@ -14,6 +15,7 @@ use crate::config::{Config, ServiceToken};
 use crate::email::Mailer;
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteTable};
+use crate::store::redis::RedisLimits;
 use crate::store::{Store, StoreError, StoreEvent};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -111,6 +113,10 @@ pub struct AppState {
     live: ArcSwap<Live>,
     mail_queued: Arc<tokio::sync::Notify>,
     session_feed: std::sync::Mutex<Option<UnboundedReceiver<StoreEvent>>>,
+    /// Request limits shared with other replicas, when Redis is configured.
+    redis: Option<RedisLimits>,
+    /// Set while Redis cannot be asked (logged once per outage).
+    redis_down: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -162,6 +168,10 @@ impl AppState {
         )
         .map_err(StartError::Hashing)?;
         let live = Live::build(&config, &clock);
+        let redis = match &config.storage.redis_url {
+            Some(url) => Some(RedisLimits::open(&url.0, url.masked())?),
+            None => None,
+        };
         Ok(AppState {
             config,
             store,
@@ -174,6 +184,8 @@ impl AppState {
             live: ArcSwap::from_pointee(live),
             mail_queued,
             session_feed: std::sync::Mutex::new(session_feed),
+            redis,
+            redis_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
     }
@@ -229,6 +241,49 @@ impl AppState {
                 })
             }
             decided => decided,
+        }
+    }
+
+    /// Count a request against `local` for `key` (`scope` names the limit in metrics and, with
+    /// `limited` (a route's path, say), in Redis): this replica's count first (a flood never
+    /// reaches Redis), then, with Redis, the count of every replica. Without an answer from
+    /// Redis the local decision stands (counted in `portcullis_redis_fallbacks_total`): never
+    /// no limit at all.
+    pub async fn admit(
+        &self,
+        scope: &str,
+        limited: &str,
+        local: &KeyedLimiter,
+        key: impl std::hash::Hash + std::fmt::Display,
+    ) -> Result<Decision, Decision> {
+        let decisions = &self.metrics.rate_limits;
+        let here = local.check(&key);
+        let Some(redis) = self.redis.as_ref().filter(|_| here.allowed) else {
+            return here.counted(scope, decisions);
+        };
+        let quota = local.quota();
+        match redis
+            .admit(
+                &format!("{scope}:{limited}:{key}"),
+                quota.requests,
+                quota.period,
+            )
+            .await
+        {
+            Ok((allowed, ahead)) => {
+                if self.redis_down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(redis = %redis.name, "Redis answers again: request limits are shared");
+                }
+                Decision::from_gcra(quota, allowed, ahead.as_millis() as i64, 0)
+                    .counted(scope, decisions)
+            }
+            Err(e) => {
+                self.metrics.redis_fallbacks.inc();
+                if !self.redis_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(redis = %redis.name, error = %e, "cannot ask Redis: request limits are counted by each replica until it answers");
+                }
+                here.counted(scope, decisions)
+            }
         }
     }
 

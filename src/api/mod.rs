@@ -179,7 +179,7 @@ pub fn allowed_methods(path: &str) -> Vec<Method> {
 /// Count an API request against its endpoint's limit class: per user (from a valid token) on
 /// `PerUser` endpoints, per client IP on the others and for callers without a valid token.
 /// Runs before the body is read.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     live: &Live,
     path: &str,
@@ -195,20 +195,21 @@ pub fn admit(
             .map(|gate::Credential::Bearer(token)| token)
             .and_then(|t| state.tokens.validate(t, now).ok());
         if let Some(claims) = user {
-            return live
-                .limits
-                .private
+            return state
                 .admit(
-                    claims.user_id.as_str(),
                     "api_private",
-                    &state.metrics.rate_limits,
+                    "",
+                    &live.limits.private,
+                    claims.user_id.as_str(),
                 )
+                .await
                 .map_err(Error::Throttled);
         }
     }
-    live.limits
-        .public
-        .admit(client_ip, "api_public", &state.metrics.rate_limits)
+    let ip = client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    state
+        .admit("api_public", "", &live.limits.public, ip)
+        .await
         .map_err(Error::Throttled)
 }
 

@@ -454,9 +454,29 @@ fn storage(c: &mut Checker, st: &RawStorage, data_dir: &std::path::Path) -> Stor
         }
         Some(path)
     };
+    let redis_url = if st.redis_url.trim().is_empty() {
+        None
+    } else {
+        let url = st.redis_url.trim();
+        let masked = mask_url_password(url);
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("redis://") || lower.starts_with("rediss://")) {
+            c.fail(
+                "storage.redis_url",
+                format!("expected a redis:// or rediss:// URL, found {masked}"),
+            );
+        } else if let Err(e) = redis::Client::open(url) {
+            c.fail(
+                "storage.redis_url",
+                format!("not a valid Redis URL ({e}): {masked}"),
+            );
+        }
+        Some(RedisUrl(url.to_string()))
+    };
     StorageSettings {
         database: main,
         audit_database,
+        redis_url,
         postgres_ca_file,
         postgres_pool_size: c.range("storage.postgres_pool_size", st.postgres_pool_size, 1, 1000)
             as usize,

@@ -32,6 +32,7 @@ const LEGACY_NAMES: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
     ("DATABASE_URL", "storage.database"),
     ("LOG_DATABASE_URL", "storage.audit_database"),
+    ("REDIS_URL", "storage.redis_url"),
     (
         "REQUIRE_EMAIL_VERIFICATION",
         "accounts.require_email_verification",

@@ -269,6 +269,24 @@ pub struct StorageSettings {
     pub postgres_ca_file: Option<PathBuf>,
     /// Connections each replica keeps open to PostgreSQL (besides its notification channel).
     pub postgres_pool_size: usize,
+    /// Redis, for request limits exact across replicas; `None`: each replica counts alone.
+    pub redis_url: Option<RedisUrl>,
+}
+
+/// A Redis URL (`redis://` or `rediss://`); its password never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    pub fn masked(&self) -> String {
+        mask_url_password(&self.0)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.masked())
+    }
 }
 
 /// Where data lives.
@@ -504,6 +522,7 @@ impl RawConfig {
         }
         masked.storage.database = mask_url_password(&masked.storage.database);
         masked.storage.audit_database = mask_url_password(&masked.storage.audit_database);
+        masked.storage.redis_url = mask_url_password(&masked.storage.redis_url);
         if !masked.email.smtp_password.is_empty() {
             masked.email.smtp_password = "********".into();
         }

@@ -164,6 +164,7 @@ pub struct RawStorage {
     pub audit_database: String,
     pub postgres_ca_file: String,
     pub postgres_pool_size: i64,
+    pub redis_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -362,6 +363,7 @@ impl Default for RawStorage {
             audit_database: String::new(),
             postgres_ca_file: String::new(),
             postgres_pool_size: 8,
+            redis_url: String::new(),
         }
     }
 }

@@ -154,14 +154,8 @@ impl Gateway {
                 let rel = rel.to_string();
                 let (method, headers) = (req.method.clone(), req.headers.clone());
                 let query = target.query.clone();
-                ctx.rate = Some(api::admit(
-                    state,
-                    &live,
-                    &rel,
-                    &headers,
-                    ctx.client_ip,
-                    now,
-                )?);
+                ctx.rate =
+                    Some(api::admit(state, &live, &rel, &headers, ctx.client_ip, now).await?);
                 let body = read_api_body(session, state.config.api.max_body_bytes).await?;
                 ctx.body_read = true;
                 let api_req = ApiRequest {
@@ -274,10 +268,16 @@ impl Gateway {
                     }
                 }
                 if let Some(limiter) = &route.limiter {
-                    let rate = &state.metrics.rate_limits;
                     let decision = match &ctx.identity {
-                        Some(id) => limiter.admit(id.user_id(), "route", rate),
-                        None => limiter.admit(ctx.client_ip, "route", rate),
+                        Some(id) => {
+                            state
+                                .admit("route", &route.path, limiter, id.user_id())
+                                .await
+                        }
+                        None => {
+                            let ip = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                            state.admit("route", &route.path, limiter, ip).await
+                        }
                     }
                     .map_err(Error::Throttled)?;
                     ctx.rate = Some(decision);

@@ -8,6 +8,7 @@
 pub mod models;
 pub mod postgres;
 pub mod redb;
+pub mod redis;
 
 use crate::config::{Database, StorageSettings};
 use async_trait::async_trait;

@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod postgres;
+pub mod redis;
 
 pub use echo::EchoUpstream;
 use portcullis::auth::sessions::{NewSession, Principal};

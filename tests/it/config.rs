@@ -211,6 +211,8 @@ const BAD_ENV: &[(&str, &str, &str)] = &[
     ("DATABASE_URL", "postgresql://app:pw@db:notaport/portcullis", "storage.database"),
     ("LOG_DATABASE_URL", "postgres://app:pw@db/audit", "storage.audit_database"),
     ("PORTCULLIS_STORAGE__POSTGRES_POOL_SIZE", "0", "storage.postgres_pool_size"),
+    ("REDIS_URL", "http://cache:6379", "storage.redis_url"),
+    ("PORTCULLIS_STORAGE__REDIS_URL", "redis://:pw@cache:notaport/", "storage.redis_url"),
     ("PORTCULLIS_STORAGE__POSTGRES_CA_FILE", "/nonexistent/ca.pem", "storage.postgres_ca_file"),
     ("RATE_LIMITS_PUBLIC_ROUTES", "0", "rate_limits.public_routes"),
     ("RATE_LIMITS_PUBLIC_TIME_UNIT", "10fortnights", "rate_limits.public_time_unit"),

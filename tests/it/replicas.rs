@@ -527,3 +527,103 @@ fn one_instance_moves_to_postgresql_with_its_accounts_sessions_and_audit() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
     });
 }
+
+fn limited_replicas(
+    upstream: &EchoUpstream,
+    redis_url: Option<String>,
+) -> (TestServer, TestServer) {
+    let addr = upstream.addr;
+    let configure = move |raw: &mut portcullis::config::RawConfig| {
+        if let Some(url) = &redis_url {
+            raw.storage.redis_url = url.clone();
+        }
+        let mut api = route("/api", addr, "required", &[]);
+        api.rate_limit = Some("5/1minute".into());
+        raw.routes = vec![api];
+    };
+    let a = TestServer::start(configure.clone());
+    let b = TestServer::replica_of(&a, configure);
+    (a, b)
+}
+
+fn fallbacks(server: &TestServer) -> u64 {
+    server
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_redis_fallbacks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_redis_route_limits_are_exact_across_replicas() {
+    on_postgres(|| {
+        let Some(redis) = crate::common::redis::redis() else {
+            return;
+        };
+        let upstream = EchoUpstream::start();
+        let (a, b) = limited_replicas(&upstream, Some(redis.url()));
+        a.register("alice@example.com", "alice", PW);
+        let token = a.login("alice@example.com", PW);
+        let statuses: Vec<u16> = [&a, &a, &b, &a, &b, &b, &a]
+            .iter()
+            .map(|s| get(s, "/api/x", &token))
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+        assert_eq!(fallbacks(&a) + fallbacks(&b), 0);
+        // Without Redis each replica counts alone (documented): five on each.
+        let (c, d) = limited_replicas(&upstream, None);
+        c.register("bob@example.com", "bob", PW);
+        let token = c.login("bob@example.com", PW);
+        let statuses: Vec<u16> = (0..6)
+            .map(|i| get(if i < 3 { &c } else { &d }, "/api/x", &token))
+            .collect();
+        assert_eq!(statuses, [200; 6]);
+    });
+}
+
+#[test]
+fn without_redis_each_replica_still_limits_and_recovers_when_it_returns() {
+    on_postgres(|| {
+        let Some(redis) = crate::common::redis::dedicated() else {
+            return;
+        };
+        let upstream = EchoUpstream::start();
+        let (a, b) = limited_replicas(&upstream, Some(redis.url()));
+        a.register("alice@example.com", "alice", PW);
+        let token = a.login("alice@example.com", PW);
+        assert_eq!(get(&a, "/api/x", &token), 200);
+        redis.stop();
+        // Each replica falls back to its own count: limited, never unlimited.
+        let on_a: Vec<u16> = (0..6).map(|_| get(&a, "/api/x", &token)).collect();
+        assert_eq!(
+            on_a,
+            [200, 200, 200, 200, 429, 429],
+            "A counted the first one too"
+        );
+        assert!(fallbacks(&a) >= 4, "{}", fallbacks(&a));
+        assert_eq!(get(&b, "/api/x", &token), 200, "B counts alone meanwhile");
+        // Redis returns (empty): decisions are shared again, and nothing falls back.
+        redis.restart();
+        a.clock.advance(120);
+        let started = Instant::now();
+        loop {
+            let before = fallbacks(&b);
+            let status = get(&b, "/api/x", &token);
+            if status == 200 && fallbacks(&b) == before {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "Redis never used again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let used_on_b = 1;
+        let mut statuses: Vec<u16> = (0..(5 - used_on_b))
+            .map(|_| get(&a, "/api/x", &token))
+            .collect();
+        statuses.push(get(&b, "/api/x", &token));
+        assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    });
+}
