@@ -46,7 +46,7 @@ fn seed(args: &[String]) {
             std::process::exit(2);
         });
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
-    let store = portcullis::store::open(&config.storage).unwrap_or_else(|e| {
+    let store = portcullis::store::open(&config.storage, Default::default()).unwrap_or_else(|e| {
         eprintln!("loadtool: {e}");
         std::process::exit(1);
     });

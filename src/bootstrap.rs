@@ -15,7 +15,8 @@ pub fn create_admin(
     passphrase: &str,
     now: i64,
 ) -> Result<String, String> {
-    let store = crate::store::open(&config.storage).map_err(|e| e.to_string())?;
+    let store =
+        crate::store::open(&config.storage, Default::default()).map_err(|e| e.to_string())?;
     let hasher = Hasher::new(&config.passwords, HashMetrics::default())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub storage_up: IntGauge,
     /// Request-limit decisions made locally because Redis could not be asked.
     pub redis_fallbacks: IntCounter,
+    /// Time of one store operation on PostgreSQL, seconds.
+    pub storage_query_seconds: Histogram,
+    /// From a session change's commit on one replica to its arrival here, seconds.
+    pub notification_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -167,6 +171,26 @@ impl Metrics {
             "Request-limit decisions made by this replica alone because Redis could not be asked",
         )?;
         registry.register(Box::new(redis_fallbacks.clone()))?;
+        let storage_query_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_storage_query_seconds",
+                "Duration of one store operation on PostgreSQL (a transaction or a query)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        registry.register(Box::new(storage_query_seconds.clone()))?;
+        let notification_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_session_notification_lag_seconds",
+                "From a session change's commit on a replica to its arrival on this one (includes the replicas' clock difference)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        registry.register(Box::new(notification_lag_seconds.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
@@ -194,6 +218,8 @@ impl Metrics {
             session_resyncs,
             storage_up,
             redis_fallbacks,
+            storage_query_seconds,
+            notification_lag_seconds,
         })
     }
 

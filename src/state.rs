@@ -139,7 +139,13 @@ impl AppState {
         let key = keys::load_or_generate(&config).map_err(StartError::SigningKey)?;
         let tokens = Arc::new(TokenService::new(&config.auth, &key));
         let metrics = Arc::new(Metrics::new()?);
-        let store = crate::store::open(&config.storage)?;
+        let store = crate::store::open(
+            &config.storage,
+            crate::store::StoreMetrics {
+                query_seconds: Some(metrics.storage_query_seconds.clone()),
+                notification_lag: Some(metrics.notification_lag_seconds.clone()),
+            },
+        )?;
         let sessions = Arc::new(SessionTable::new(config.auth.idle_timeout.as_secs() as i64));
         // A store shared by replicas brings the sessions through its change feed (and the table
         // is not trusted until it has); a single instance's store has them all now.

@@ -298,15 +298,27 @@ pub trait Store: Send + Sync {
     fn touch_sessions_now(&self, seen: Vec<(String, i64)>) -> Result<(), StoreError>;
 }
 
+/// Where a store reports (unset fields are not reported: command-line tools).
+#[derive(Clone, Default)]
+pub struct StoreMetrics {
+    /// Time of each database operation.
+    pub query_seconds: Option<prometheus::Histogram>,
+    /// Time from a session change's commit elsewhere to its arrival here.
+    pub notification_lag: Option<prometheus::Histogram>,
+}
+
 /// The configured store.
-pub fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
+pub fn open(
+    settings: &StorageSettings,
+    metrics: StoreMetrics,
+) -> Result<Arc<dyn Store>, StoreError> {
     match (&settings.database, &settings.audit_database) {
         (Database::Redb(main), Database::Redb(audit)) => {
             Ok(Arc::new(redb::RedbStore::open(main, audit)?))
         }
-        (Database::Postgres(main), Database::Postgres(audit)) => {
-            Ok(Arc::new(postgres::PgStore::open(main, audit, settings)?))
-        }
+        (Database::Postgres(main), Database::Postgres(audit)) => Ok(Arc::new(
+            postgres::PgStore::open(main, audit, settings, metrics)?,
+        )),
         _ => Err(StoreError::Storage(
             "the audit log and the main database must both be redb files or both PostgreSQL".into(),
         )),

@@ -220,7 +220,12 @@ fn ha_replica_env() -> Vec<(String, String)> {
 fn the_high_availability_example_configures_replicas_on_postgresql() {
     let env = ha_replica_env();
     let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-    for expected in ["DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORTCULLIS_ROUTES"] {
+    for expected in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SECRET_KEY",
+        "PORTCULLIS_ROUTES",
+    ] {
         assert!(names.contains(&expected), "{expected} missing: {names:?}");
     }
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use crate::store::models::{Session, SessionOwner, StoredSession};
 use crate::store::{StoreError, StoreEvent};
 use deadpool_postgres::{Pool, Transaction};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::AsyncMessage;
@@ -31,31 +32,49 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A session change as announced (the NOTIFY payload, JSON; never a secret).
+/// A notice and when it was committed (ms since the epoch, the sender's clock).
+#[derive(Debug, Serialize, Deserialize)]
+struct Stamped<'a> {
+    at: i64,
+    #[serde(borrow, flatten)]
+    notice: Notice<'a>,
+}
+
+/// Received strings may need unescaping (a nickname with quotes, say): hence `Cow`, borrowed
+/// when they do not.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Notice<'a> {
     Opened {
         #[serde(borrow)]
         session: NoticeSession<'a>,
+        #[serde(borrow)]
         owner: NoticeOwner<'a>,
     },
     Ended {
-        session_id: &'a str,
+        #[serde(borrow)]
+        session_id: Cow<'a, str>,
     },
     Revoked {
-        user_id: &'a str,
-        keep: Option<&'a str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        keep: Option<Cow<'a, str>>,
     },
     Owner {
-        user_id: &'a str,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
         owner: NoticeOwner<'a>,
     },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NoticeSession<'a> {
-    id: &'a str,
-    user_id: &'a str,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
     created_at: i64,
     expires_at: i64,
     last_seen: i64,
@@ -63,16 +82,19 @@ pub struct NoticeSession<'a> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NoticeOwner<'a> {
-    email: &'a str,
-    nickname: &'a str,
-    role: &'a str,
+    #[serde(borrow)]
+    email: Cow<'a, str>,
+    #[serde(borrow)]
+    nickname: Cow<'a, str>,
+    #[serde(borrow)]
+    role: Cow<'a, str>,
 }
 
 impl<'a> From<&'a Session> for NoticeSession<'a> {
     fn from(s: &'a Session) -> Self {
         NoticeSession {
-            id: &s.id,
-            user_id: &s.user_id,
+            id: Cow::Borrowed(&s.id),
+            user_id: Cow::Borrowed(&s.user_id),
             created_at: s.created_at,
             expires_at: s.expires_at,
             last_seen: s.last_seen,
@@ -83,9 +105,9 @@ impl<'a> From<&'a Session> for NoticeSession<'a> {
 impl<'a> From<&'a SessionOwner> for NoticeOwner<'a> {
     fn from(o: &'a SessionOwner) -> Self {
         NoticeOwner {
-            email: &o.email,
-            nickname: &o.nickname,
-            role: &o.role,
+            email: Cow::Borrowed(&o.email),
+            nickname: Cow::Borrowed(&o.nickname),
+            role: Cow::Borrowed(&o.role),
         }
     }
 }
@@ -127,34 +149,47 @@ pub async fn announce(tx: &Transaction<'_>, what: &Announce<'_>) -> Result<(), S
             session: (*session).into(),
             owner: (*owner).into(),
         },
-        Announce::Ended { session_id } => Notice::Ended { session_id },
+        Announce::Ended { session_id } => Notice::Ended {
+            session_id: Cow::Borrowed(session_id),
+        },
         Announce::Revoked { user_id, keep } => Notice::Revoked {
-            user_id,
-            keep: *keep,
+            user_id: Cow::Borrowed(user_id),
+            keep: keep.map(Cow::Borrowed),
         },
         Announce::Owner { user_id, owner } => Notice::Owner {
-            user_id,
+            user_id: Cow::Borrowed(user_id),
             owner: (*owner).into(),
         },
     };
-    let payload = serde_json::to_string(&notice)
-        .map_err(|e| StoreError::Storage(format!("encode notice: {e}")))?;
+    let payload = serde_json::to_string(&Stamped {
+        at: now_ms(),
+        notice,
+    })
+    .map_err(|e| StoreError::Storage(format!("encode notice: {e}")))?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-/// The event a received notice stands for.
-fn event(payload: &str) -> Option<StoreEvent> {
-    let notice: Notice<'_> = match serde_json::from_str(payload) {
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The event a received notice stands for, and how long ago it was committed.
+fn event(payload: &str) -> Option<(StoreEvent, Duration)> {
+    let stamped: Stamped<'_> = match serde_json::from_str(payload) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "unreadable session notice");
             return None;
         }
     };
-    Some(match notice {
+    let lag = Duration::from_millis((now_ms() - stamped.at).max(0) as u64);
+    let notice = stamped.notice;
+    let event = match notice {
         Notice::Opened { session, owner } => StoreEvent::SessionOpened(StoredSession {
             session: Session {
                 id: session.id.to_string(),
@@ -165,16 +200,17 @@ fn event(payload: &str) -> Option<StoreEvent> {
             },
             owner: owner.owned(),
         }),
-        Notice::Ended { session_id } => StoreEvent::SessionEnded(session_id.to_string()),
+        Notice::Ended { session_id } => StoreEvent::SessionEnded(session_id.into_owned()),
         Notice::Revoked { user_id, keep } => StoreEvent::SessionsRevoked {
-            user_id: user_id.to_string(),
-            keep: keep.map(str::to_string),
+            user_id: user_id.into_owned(),
+            keep: keep.map(Cow::into_owned),
         },
         Notice::Owner { user_id, owner } => StoreEvent::OwnerChanged {
-            user_id: user_id.to_string(),
+            user_id: user_id.into_owned(),
             owner: owner.owned(),
         },
-    })
+    };
+    Some((event, lag))
 }
 
 /// Every session with its owner.
@@ -216,6 +252,8 @@ pub struct Feed {
     pub audit: Option<Target>,
     pub pool: Pool,
     pub events: UnboundedSender<StoreEvent>,
+    /// Where notification lag is reported.
+    pub lag: Option<prometheus::Histogram>,
     /// Called once the schema is in place.
     pub migrated: Box<dyn Fn() + Send + Sync>,
 }
@@ -373,7 +411,10 @@ async fn forward(
                 let Some(payload) = notice else {
                     return Ended::Failed("the notification connection ended".into());
                 };
-                if let Some(ev) = event(&payload) {
+                if let Some((ev, lag)) = event(&payload) {
+                    if let Some(h) = &feed.lag {
+                        h.observe(lag.as_secs_f64());
+                    }
                     if feed.events.send(ev).is_err() {
                         return Ended::Closed;
                     }
@@ -417,4 +458,54 @@ async fn recent_activity(pool: &Pool, since: i64) -> Result<Vec<(String, i64)>, 
         .await
         .map_err(db_err)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_survive_escaping_and_round_trip() {
+        let session = Session {
+            id: "s1".into(),
+            user_id: "u1".into(),
+            created_at: 1,
+            expires_at: 2,
+            last_seen: 1,
+        };
+        let owner = SessionOwner {
+            email: "a@example.com".into(),
+            nickname: "Chief \"Ω\" \\ x".into(),
+            role: "admin".into(),
+        };
+        let stamped = Stamped {
+            at: now_ms(),
+            notice: Notice::Opened {
+                session: (&session).into(),
+                owner: (&owner).into(),
+            },
+        };
+        let payload = serde_json::to_string(&stamped).unwrap();
+        let (received, lag) = event(&payload).expect("readable");
+        assert!(lag < Duration::from_secs(5));
+        assert_eq!(
+            received,
+            StoreEvent::SessionOpened(StoredSession { session, owner })
+        );
+        let revoked = serde_json::to_string(&Stamped {
+            at: 0,
+            notice: Notice::Revoked {
+                user_id: Cow::Borrowed("u\"1"),
+                keep: None,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            event(&revoked).unwrap().0,
+            StoreEvent::SessionsRevoked {
+                user_id: "u\"1".into(),
+                keep: None
+            }
+        );
+    }
 }

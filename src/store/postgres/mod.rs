@@ -100,6 +100,7 @@ pub struct PgStore {
     health: Arc<Health>,
     /// Audit events from concurrent requests share one commit.
     audit_writer: audit::AuditWriter,
+    query_seconds: Option<prometheus::Histogram>,
 }
 
 impl PgStore {
@@ -110,6 +111,7 @@ impl PgStore {
         main: &PostgresUrl,
         audit: &PostgresUrl,
         settings: &StorageSettings,
+        metrics: crate::store::StoreMetrics,
     ) -> Result<PgStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -134,6 +136,7 @@ impl PgStore {
             audit: audit_target,
             pool: main_pool.clone(),
             events: events_tx,
+            lag: metrics.notification_lag.clone(),
             migrated: {
                 let health = health.clone();
                 Box::new(move || health.migrated.store(true, Ordering::SeqCst))
@@ -148,6 +151,7 @@ impl PgStore {
             events: Mutex::new(Some(events)),
             health,
             audit_writer,
+            query_seconds: metrics.query_seconds,
         })
     }
 
@@ -167,10 +171,16 @@ impl PgStore {
             ));
         }
         let pool = pool.clone();
-        self.handle
+        let started = std::time::Instant::now();
+        let done = self
+            .handle
             .spawn(async move { work(pool).await })
             .await
-            .map_err(|e| StoreError::Storage(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::Storage(format!("store task failed: {e}")))?;
+        if let Some(h) = &self.query_seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        done
     }
 
     /// Run one transaction of the main database.
