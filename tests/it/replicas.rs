@@ -50,6 +50,16 @@ fn time_until(server: &TestServer, path: &str, token: &str, status: u16) -> Dura
     }
 }
 
+/// How many session notices `server` has received and read.
+fn notices(server: &TestServer) -> u64 {
+    server
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_session_notification_lag_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn on_postgres(test: impl FnOnce()) {
     with_backend(Backend::Postgres, test)
 }
@@ -59,10 +69,26 @@ fn accounts_are_shared_and_duplicates_refused_across_replicas() {
     on_postgres(|| {
         let upstream = EchoUpstream::start();
         let (a, b) = two_replicas(&upstream);
-        a.register("alice@example.com", "alice", PW);
+        a.register("alice@example.com", "al\\\"ice\"", PW);
         // A token issued by one replica works on the other at once (no waiting in the test).
+        let before = notices(&b);
         let token = a.login("alice@example.com", PW);
         assert_eq!(get(&b, "/api/x", &token), 200);
+        // (identity headers percent-encode what is not plain ASCII text)
+        assert_eq!(
+            upstream.last().header("x-auth-nickname"),
+            Some("al%5C%22ice%22")
+        );
+        // The opening was announced to the other replica in a notice it could read (the lag
+        // histogram counts every notice decoded; an unreadable one is only logged).
+        let started = Instant::now();
+        while notices(&b) == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no readable notice arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let token = b.login("alice@example.com", PW);
         assert_eq!(get(&a, "/api/x", &token), 200);
         let (status, body) = b.api(

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::AsyncMessage;
 
 /// The NOTIFY channel.
-const CHANNEL: &str = "portcullis_sessions";
+pub const CHANNEL: &str = "portcullis_sessions";
 /// The listening connection's `application_name` (as `pg_stat_activity` shows it): the
 /// configured one (default `portcullis`) with this suffix.
 pub const LISTENER_SUFFIX: &str = "-listener";
@@ -122,12 +122,9 @@ impl NoticeOwner<'_> {
     }
 }
 
-/// The ways a transaction announces what it did to sessions.
+/// The ways a transaction announces what it did to sessions. (Opening a session announces
+/// itself in its one statement, building `Notice::Opened`'s JSON in SQL.)
 pub enum Announce<'a> {
-    Opened {
-        session: &'a Session,
-        owner: &'a SessionOwner,
-    },
     Ended {
         session_id: &'a str,
     },
@@ -145,10 +142,6 @@ pub enum Announce<'a> {
 /// included) when, and only if, it commits, in commit order.
 pub async fn announce(tx: &Transaction<'_>, what: &Announce<'_>) -> Result<(), StoreError> {
     let notice = match what {
-        Announce::Opened { session, owner } => Notice::Opened {
-            session: (*session).into(),
-            owner: (*owner).into(),
-        },
         Announce::Ended { session_id } => Notice::Ended {
             session_id: Cow::Borrowed(session_id),
         },
@@ -172,7 +165,7 @@ pub async fn announce(tx: &Transaction<'_>, what: &Announce<'_>) -> Result<(), S
     Ok(())
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -582,45 +582,55 @@ impl Store for PgStore {
     }
 
     async fn open_session(&self, session: Session, stamp: u64) -> Result<User, StoreError> {
-        self.transaction(move |tx| {
-            boxed(async move {
-                // FOR SHARE: a concurrent change of the account either commits first (and this
-                // sees its stamp) or waits for this session, which it then ends.
-                let row = tx
-                    .query_opt(
-                        &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR SHARE"),
-                        &[&session.user_id],
-                    )
-                    .await
-                    .map_err(db_err)?
-                    .ok_or(StoreError::NotFound)?;
-                let user = user_from(&row);
-                if user.security_stamp != stamp {
-                    return Err(StoreError::StampChanged);
-                }
-                tx.execute(
-                    "INSERT INTO sessions (id, user_id, created_at, expires_at, last_seen)
-                     VALUES ($1, $2, $3, $4, $5)",
+        // One statement (one round trip, one commit): the account is read FOR SHARE (a
+        // concurrent change either commits first, and its stamp is seen, or waits for this
+        // session, which it then ends); the session is inserted only if the stamp is the one the
+        // caller read, and announced only if inserted.
+        let sql = format!(
+            "WITH u AS (
+                 SELECT {USER_COLUMNS} FROM users WHERE id = $2::text FOR SHARE
+             ), ins AS (
+                 INSERT INTO sessions (id, user_id, created_at, expires_at, last_seen)
+                 SELECT $1::text, u.id, $3::int8, $4::int8, $5::int8 FROM u
+                 WHERE u.security_stamp = $6::int8
+                 RETURNING id
+             ), note AS (
+                 SELECT pg_notify($7::text, json_build_object(
+                     'at', $8::int8, 'k', 'opened',
+                     'session', json_build_object('id', $1::text, 'user_id', u.id,
+                         'created_at', $3::int8, 'expires_at', $4::int8, 'last_seen', $5::int8),
+                     'owner', json_build_object('email', u.email, 'nickname', u.nickname,
+                         'role', u.role))::text)
+                 FROM u, ins
+             )
+             SELECT {USER_COLUMNS}, EXISTS (SELECT 1 FROM ins), (SELECT count(*) FROM note)
+             FROM u"
+        );
+        self.run(&self.main, move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_opt(
+                    &sql,
                     &[
                         &session.id,
                         &session.user_id,
                         &session.created_at,
                         &session.expires_at,
                         &session.last_seen,
+                        &(stamp as i64),
+                        &feed::CHANNEL,
+                        &feed::now_ms(),
                     ],
                 )
                 .await
-                .map_err(db_err)?;
-                feed::announce(
-                    tx,
-                    &Announce::Opened {
-                        session: &session,
-                        owner: &SessionOwner::of(&user),
-                    },
-                )
-                .await?;
-                Ok(user)
-            })
+                .map_err(db_err)?
+                .ok_or(StoreError::NotFound)?;
+            // The two columns after the account's: inserted?, notices sent.
+            let opened: bool = row.get(row.len() - 2);
+            if !opened {
+                return Err(StoreError::StampChanged);
+            }
+            Ok(user_from(&row))
         })
         .await
     }
