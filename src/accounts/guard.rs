@@ -4,6 +4,7 @@
 //! policy (thresholds, back-off, quotas) is the same either way.
 
 use super::{AccountError, AccountLimits, Accounts};
+use crate::store::models::User;
 
 /// The login guard's view of an account before its password is checked.
 #[derive(Debug, Clone, Copy)]
@@ -16,24 +17,41 @@ pub(super) struct LoginGuardState {
 use crate::auth::limiter::{Decision, KeyedLimiter};
 
 impl Accounts {
-    /// Seconds `account` must wait before a login is evaluated, if it is blocked.
-    pub(super) async fn login_blocked(
+    /// The login guard's view of `account` and the user with `email` (if the address can name
+    /// one), read together: one round trip when replicas share the guard.
+    pub(super) async fn login_lookup(
         &self,
         account: &str,
+        email: Option<&str>,
         now: i64,
-    ) -> Result<LoginGuardState, AccountError> {
-        match self.store.shared_counters() {
-            Some(shared) => {
-                let until = shared.login_blocked_until(account).await?;
-                Ok(LoginGuardState {
-                    wait: until.filter(|u| *u > now).map(|u| (u - now) as u64),
-                    failures: until.is_some(),
-                })
+    ) -> Result<(LoginGuardState, Option<User>), AccountError> {
+        match (self.store.shared_counters(), email) {
+            (Some(shared), Some(email)) => {
+                let (until, user) = shared.login_lookup(account, email).await?;
+                Ok((Self::guard_state(until, now), user))
             }
-            None => Ok(LoginGuardState {
-                wait: self.guard.blocked_for(account, now),
-                failures: true,
-            }),
+            (Some(shared), None) => {
+                let until = shared.login_blocked_until(account).await?;
+                Ok((Self::guard_state(until, now), None))
+            }
+            (None, email) => {
+                let guard = LoginGuardState {
+                    wait: self.guard.blocked_for(account, now),
+                    failures: true,
+                };
+                let user = match email {
+                    Some(email) if guard.wait.is_none() => self.store.user_by_email(email).await?,
+                    _ => None,
+                };
+                Ok((guard, user))
+            }
+        }
+    }
+
+    fn guard_state(until: Option<i64>, now: i64) -> LoginGuardState {
+        LoginGuardState {
+            wait: until.filter(|u| *u > now).map(|u| (u - now) as u64),
+            failures: until.is_some(),
         }
     }
 

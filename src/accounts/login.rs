@@ -33,7 +33,9 @@ impl Accounts {
         fields::password_size(password, self.settings.passwords.max_length)?;
         let email = email.trim();
         let account = email.to_lowercase();
-        let guard = self.login_blocked(&account, ctx.now).await?;
+        let (guard, user) = self
+            .login_lookup(&account, (email.len() <= 254).then_some(email), ctx.now)
+            .await?;
         if let Some(wait) = guard.wait {
             self.metrics
                 .rate_limits
@@ -55,11 +57,6 @@ impl Accounts {
             .rate_limits
             .with_label_values(&["login_account", "allow"])
             .inc();
-        let user = if email.len() <= 254 {
-            self.store.user_by_email(email).await?
-        } else {
-            None
-        };
         let password = normalize_password(password);
         let verified = self
             .hasher

@@ -131,6 +131,14 @@ pub trait SharedCounters: Send + Sync {
     /// failure of it is counted; `None` when none is.
     async fn login_blocked_until(&self, account: &str) -> Result<Option<i64>, StoreError>;
 
+    /// `login_blocked_until(account)` and the user with `email`, read together (one round trip
+    /// for the two reads every login makes).
+    async fn login_lookup(
+        &self,
+        account: &str,
+        email: &str,
+    ) -> Result<(Option<i64>, Option<User>), StoreError>;
+
     /// Count a failed login at `now` (the count restarts after `window_secs` without one);
     /// returns the count.
     async fn record_login_failure(

@@ -2,8 +2,8 @@
 //! state of limited keys, each updated in one statement so that concurrent replicas never lose
 //! a count. Keys are stored as SHA-256, never as the address or IP they stand for.
 
-use super::{db_err, pool_err, PgStore};
-use crate::store::{Admission, SharedCounters, StoreError};
+use super::{db_err, pool_err, user_from, PgStore, USER_COLUMNS};
+use crate::store::{Admission, SharedCounters, StoreError, User};
 use async_trait::async_trait;
 
 fn hashed(key: &str) -> String {
@@ -25,6 +25,37 @@ impl SharedCounters for PgStore {
                 .await
                 .map_err(db_err)?;
             Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn login_lookup(
+        &self,
+        account: &str,
+        email: &str,
+    ) -> Result<(Option<i64>, Option<User>), StoreError> {
+        let account = hashed(account);
+        let key = crate::store::models::email_key(email);
+        let columns = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // One row whatever exists: the account's columns are NULL when there is none.
+        let sql = format!(
+            "SELECT {columns}, g.blocked_until FROM (SELECT 1) AS one
+             LEFT JOIN users u ON u.email_key = $1
+             LEFT JOIN login_failures g ON g.account = $2"
+        );
+        self.run(&self.main, move |pool| async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let row = client
+                .query_one(&sql, &[&key, &account])
+                .await
+                .map_err(db_err)?;
+            let blocked: Option<i64> = row.get(row.len() - 1);
+            let user = row.get::<_, Option<String>>(0).map(|_| user_from(&row));
+            Ok((blocked, user))
         })
         .await
     }
