@@ -105,7 +105,7 @@ fn bench_gate(c: &mut Criterion) {
     group.finish();
 }
 
-/// One rate-limit decision (GCRA, governor) with 100,000 keys already tracked.
+/// One rate-limit decision (GCRA) with 100,000 keys already tracked.
 fn bench_limiter(c: &mut Criterion) {
     use portcullis::auth::limiter::KeyedLimiter;
     use portcullis::clock::SystemClock;

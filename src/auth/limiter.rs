@@ -1,34 +1,18 @@
-//! Rate limiting: exact per-key GCRA limits (governor) and the per-account guard against
-//! password guessing. Both take time from the injected `Clock`, and both bound their memory.
+//! Rate limiting: exact per-key GCRA limits and the per-account guard against password
+//! guessing. Both take time from the injected `Clock`, and both bound their memory without
+//! letting new keys displace or throttle the ones already tracked.
 //!
-//! Why governor's GCRA: it is exact per key (no sketch collisions, so two clients never share a
-//! bucket), needs one timestamp per key, and its keyed store can evict keys whose state has
-//! fully replenished (`retain_recent`). pingora-limits' count-min sketch is approximate by design.
+//! Why GCRA: it is exact per key (no sketch collisions, so two clients never share a bucket),
+//! needs one timestamp per key, and a key whose allowance is whole again can be forgotten
+//! without changing any decision. pingora-limits' count-min sketch is approximate by design.
 
+use super::bounded::{BoundedMap, Entry};
 use crate::clock::Clock;
 use crate::config::Quota;
-use governor::clock::{Clock as GovernorClock, ReasonablyRealtime};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// governor's view of our clock: time since the epoch.
-#[derive(Clone)]
-pub struct LimiterClock(pub Arc<dyn Clock>);
-
-impl GovernorClock for LimiterClock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        self.0.since_epoch()
-    }
-}
-
-impl ReasonablyRealtime for LimiterClock {}
 
 /// What a limiter decided, with what the `RateLimit-*` headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,121 +88,91 @@ impl Decision {
     }
 }
 
-type Governor =
-    governor::RateLimiter<u64, DashMapStateStore<u64>, LimiterClock, StateInformationMiddleware>;
-
-/// `quota.requests` per `quota.period` for each key, exactly. Keys are hashed with a random
-/// seed (so they cannot be chosen to collide). At most `max_keys` are tracked: past that, after
-/// evicting idle keys, new keys share one overflow bucket, so a flood of distinct keys costs
-/// bounded memory and is still limited as a whole.
+/// `quota.requests` per `quota.period` for each key, exactly (GCRA: one theoretical arrival
+/// time per key). Keys are hashed with a random seed (so they cannot be chosen to collide). At
+/// most `max_keys` are tracked, and a key tracked keeps its own allowance whatever happens to
+/// others: a new key takes the place of the stalest key whose allowance is whole again (nothing
+/// is lost by forgetting it), and only when there is none does it share one overflow allowance
+/// with the other new keys, so a flood of distinct keys costs bounded memory, is limited as a
+/// whole, and never throttles the keys already known.
 pub struct KeyedLimiter {
-    governor: Governor,
+    keys: BoundedMap<i64>,
+    /// The theoretical arrival time (ns since the epoch) of the keys that have no room.
+    overflow: Mutex<i64>,
     quota: Quota,
+    /// `quota.period / quota.requests`, in ns.
+    cell_ns: i64,
+    period_ns: i64,
     hasher: RandomState,
-    max_keys: usize,
-    /// When (clock seconds) the store was last swept because it was full: a full store is
-    /// swept at most once a second, so a flood cannot make every request pay for a sweep.
-    last_sweep: std::sync::atomic::AtomicI64,
-}
-
-const OVERFLOW_KEY: u64 = 0;
-
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    clock: Arc<dyn Clock>,
 }
 
 impl KeyedLimiter {
     pub fn new(quota: Quota, clock: Arc<dyn Clock>, max_keys: usize) -> KeyedLimiter {
-        let burst = NonZeroU32::new(quota.requests.max(1)).unwrap_or(NonZeroU32::MIN);
-        let per_cell = quota.period / burst.get();
-        let gq = governor::Quota::with_period(per_cell.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| governor::Quota::per_second(burst))
-            .allow_burst(burst);
+        let requests = i64::from(quota.requests.max(1));
+        let period_ns = i64::try_from(quota.period.as_nanos()).unwrap_or(i64::MAX / 4);
         KeyedLimiter {
-            governor: governor::RateLimiter::dashmap_with_clock(gq, LimiterClock(clock))
-                .with_middleware::<StateInformationMiddleware>(),
+            keys: BoundedMap::new(max_keys),
+            overflow: Mutex::new(0),
             quota,
+            cell_ns: (period_ns / requests).max(1),
+            period_ns: period_ns.max(1),
             hasher: RandomState::new(),
-            max_keys: max_keys.max(1),
-            last_sweep: std::sync::atomic::AtomicI64::new(i64::MIN),
+            clock,
         }
     }
 
-    fn key_of(&self, key: impl Hash) -> u64 {
-        match self.hasher.hash_one(key) {
-            OVERFLOW_KEY => 1,
-            k => k,
-        }
+    /// One GCRA step on a key's arrival time `tat` at `now` (ns): the new arrival time if the
+    /// request passes.
+    fn step(&self, tat: i64, now: i64) -> Option<i64> {
+        let next = tat.max(now).saturating_add(self.cell_ns);
+        (next - now <= self.period_ns).then_some(next)
     }
 
     /// Count one request for `key` and decide.
     pub fn check(&self, key: impl Hash) -> Decision {
-        let mut k = self.key_of(key);
-        if self.governor.len() >= self.max_keys {
-            let now = self.clock().0.now();
-            let last = self.last_sweep.load(std::sync::atomic::Ordering::Relaxed);
-            if now > last
-                && self
-                    .last_sweep
-                    .compare_exchange(
-                        last,
-                        now,
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                self.governor.retain_recent();
+        let key = self.hasher.hash_one(key);
+        let now = i64::try_from(self.clock.since_epoch().as_nanos()).unwrap_or(i64::MAX / 2);
+        let decide = |tat: &mut i64| match self.step(*tat, now) {
+            Some(next) => {
+                *tat = next;
+                (true, next)
             }
-            if self.governor.len() >= self.max_keys {
-                k = OVERFLOW_KEY;
-            }
-        }
-        let per_cell = self.quota.period / self.quota.requests.max(1);
-        match self.governor.check_key(&k) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let used = self.quota.requests.saturating_sub(remaining);
-                Decision {
-                    allowed: true,
-                    limit: self.quota.requests,
-                    remaining,
-                    reset_secs: ceil_secs(per_cell * used),
-                    retry_after_secs: 0,
-                }
-            }
-            Err(not_until) => {
-                let now = self.governor_clock_now();
-                let wait = not_until.wait_time_from(now);
-                Decision {
-                    allowed: false,
-                    limit: self.quota.requests,
-                    remaining: 0,
-                    reset_secs: ceil_secs(wait + per_cell * self.quota.requests.saturating_sub(1)),
-                    retry_after_secs: ceil_secs(wait),
-                }
-            }
-        }
-    }
-
-    fn governor_clock_now(&self) -> Duration {
-        // The limiter was built with a LimiterClock; ask the same source.
-        governor::clock::Clock::now(self.clock())
-    }
-
-    fn clock(&self) -> &LimiterClock {
-        self.governor.clock()
+            None => (false, *tat),
+        };
+        let (allowed, tat) = self.keys.update(
+            key,
+            |tat| *tat <= now,
+            || now,
+            |entry| match entry {
+                Entry::Own(tat) => decide(tat),
+                Entry::Full => decide(
+                    &mut self
+                        .overflow
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                ),
+            },
+        );
+        const NS_PER_MS: i64 = 1_000_000;
+        // Rounded so that a refusal's wait is never reported short.
+        Decision::from_gcra(
+            self.quota,
+            allowed,
+            (tat + NS_PER_MS - 1) / NS_PER_MS,
+            now / NS_PER_MS,
+        )
     }
 
     /// Forget keys whose allowance is whole again.
     pub fn evict_idle(&self) {
-        self.governor.retain_recent();
-        self.governor.shrink_to_fit();
+        let now = i64::try_from(self.clock.since_epoch().as_nanos()).unwrap_or(i64::MAX / 2);
+        self.keys.retain(|tat| *tat > now);
     }
 
     /// How many keys are tracked now.
     pub fn tracked(&self) -> usize {
-        self.governor.len()
+        self.keys.len()
     }
 
     pub fn quota(&self) -> Quota {
@@ -249,14 +203,15 @@ struct Failures {
 /// failures within `window`, the account refuses attempts (even with the right password) for a
 /// back-off that doubles with each further failure, up to `window`. The count is forgotten once
 /// `window` passes without a failure, and reset by a successful login. Unknown accounts are
-/// counted exactly like real ones.
+/// counted exactly like real ones. At most `max_keys` accounts are tracked: a new one takes the
+/// place of the stalest account that is not blocked (or, when every one looked at is, of the
+/// stalest), with bounded work per failure.
 pub struct LoginGuard {
     threshold: u32,
     window_secs: i64,
     base_backoff_secs: i64,
-    max_keys: usize,
     hasher: RandomState,
-    accounts: Mutex<HashMap<u64, Failures>>,
+    accounts: BoundedMap<Failures>,
 }
 
 impl LoginGuard {
@@ -265,9 +220,8 @@ impl LoginGuard {
             threshold: threshold.max(1),
             window_secs: window.as_secs().max(1) as i64,
             base_backoff_secs: 30,
-            max_keys: max_keys.max(1),
             hasher: RandomState::new(),
-            accounts: Mutex::new(HashMap::new()),
+            accounts: BoundedMap::new(max_keys),
         }
     }
 
@@ -282,32 +236,37 @@ impl LoginGuard {
 
     /// Seconds the account must wait before an attempt is evaluated, if it is throttled.
     pub fn blocked_for(&self, account: &str, now: i64) -> Option<u64> {
-        let map = self.accounts.lock().ok()?;
-        let f = map.get(&self.key(account))?;
-        (f.blocked_until > now).then(|| (f.blocked_until - now) as u64)
+        let until = self.accounts.get(self.key(account), |f| f.blocked_until)?;
+        (until > now).then(|| (until - now) as u64)
     }
 
     /// Record a failed attempt; returns the block it starts, in seconds, if any.
     pub fn failure(&self, account: &str, now: i64) -> Option<u64> {
         let key = self.key(account);
-        let mut map = self.accounts.lock().ok()?;
-        if map.len() >= self.max_keys && !map.contains_key(&key) {
-            let window = self.window_secs;
-            map.retain(|_, f| now - f.last_failure < window || f.blocked_until > now);
-        }
-        let f = map.entry(key).or_insert(Failures {
+        let fresh = || Failures {
             count: 0,
             last_failure: now,
             blocked_until: 0,
-        });
-        if now - f.last_failure >= self.window_secs {
-            f.count = 0;
-        }
-        f.count += 1;
-        f.last_failure = now;
-        let backoff = self.backoff(f.count)?;
-        f.blocked_until = now + backoff as i64;
-        Some(backoff)
+        };
+        let count = |entry: Entry<'_, Failures>| match entry {
+            Entry::Own(f) => {
+                if now - f.last_failure >= self.window_secs {
+                    f.count = 0;
+                }
+                f.count += 1;
+                f.last_failure = now;
+                let backoff = self.backoff(f.count);
+                if let Some(secs) = backoff {
+                    f.blocked_until = now + secs as i64;
+                }
+                Some(backoff)
+            }
+            Entry::Full => None,
+        };
+        self.accounts
+            .update(key, |f| f.blocked_until <= now, fresh, count)
+            .or_else(|| self.accounts.update(key, |_| true, fresh, count))
+            .flatten()
     }
 
     /// How long an account with `failures` recent failures is blocked, if at all: from the
@@ -328,21 +287,18 @@ impl LoginGuard {
 
     /// A successful login forgets the account's failures.
     pub fn success(&self, account: &str) {
-        if let Ok(mut map) = self.accounts.lock() {
-            map.remove(&self.key(account));
-        }
+        self.accounts.remove(self.key(account));
     }
 
     /// Forget accounts with no recent failure and no active block.
     pub fn evict_idle(&self, now: i64) {
-        if let Ok(mut map) = self.accounts.lock() {
-            let window = self.window_secs;
-            map.retain(|_, f| now - f.last_failure < window || f.blocked_until > now);
-        }
+        let window = self.window_secs;
+        self.accounts
+            .retain(|f| now - f.last_failure < window || f.blocked_until > now);
     }
 
     pub fn tracked(&self) -> usize {
-        self.accounts.lock().map(|m| m.len()).unwrap_or(0)
+        self.accounts.len()
     }
 }
 
@@ -416,6 +372,44 @@ mod tests {
         clock.advance(120);
         l.evict_idle();
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn a_full_limiter_keeps_the_keys_it_tracks() {
+        let (clock, l) = limiter(2, 60, 100);
+        assert!(l.check("known").allowed);
+        for i in 0..10_000u32 {
+            l.check(i);
+        }
+        assert!(l.tracked() <= 100, "{}", l.tracked());
+        let d = l.check("known");
+        assert!(d.allowed, "the tracked key kept its own allowance");
+        assert_eq!(d.remaining, 0);
+        assert!(!l.check("known").allowed);
+        // New keys share the overflow allowance, used up by the flood.
+        assert!(!l.check("newcomer").allowed);
+        // Once allowances are whole again, new keys take the place of the stalest.
+        clock.advance(61);
+        assert!(l.check("newcomer").allowed);
+        assert_eq!(l.check("newcomer").remaining, 0, "its own bucket");
+    }
+
+    #[test]
+    fn a_full_login_guard_stays_bounded_and_keeps_blocks() {
+        let g = LoginGuard::new(5, Duration::from_secs(900), 100);
+        let t = 10_000;
+        for i in 0..5 {
+            g.failure("victim@x.io", t + i);
+        }
+        assert!(g.blocked_for("victim@x.io", t + 5).is_some());
+        for i in 0..10_000 {
+            g.failure(&format!("fake{i}@x.io"), t + 5);
+        }
+        assert!(g.tracked() <= 100, "{}", g.tracked());
+        assert!(
+            g.blocked_for("victim@x.io", t + 6).is_some(),
+            "a flood of other accounts does not lift a block"
+        );
     }
 
     #[test]

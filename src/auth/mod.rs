@@ -1,6 +1,7 @@
 //! Authentication building blocks independent of HTTP: signing keys, access tokens, passwords
 //! and the live-session table.
 
+pub mod bounded;
 pub mod gate;
 pub mod keys;
 pub mod limiter;

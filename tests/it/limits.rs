@@ -555,3 +555,31 @@ fn a_flood_of_distinct_addresses_keeps_the_tracked_keys_bounded() {
     crate::common::block_on(server.server.state.evict_idle_limits());
     assert_eq!(limiter.tracked(), 0);
 }
+
+crate::on_both_backends! {
+    fn a_flood_of_made_up_addresses_does_not_throttle_known_ones() {
+        // Resend is keyed by an address the client chooses. Once the limiter is full, a new
+        // address may share one allowance with other new ones, but an address it already
+        // tracks keeps its own.
+        let server = TestServer::start(|raw| {
+            raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+            raw.limits.max_tracked_keys = 100;
+            raw.limits.resend_per_account = "2/1hour".into();
+            raw.rate_limits.public_routes = 100_000;
+        });
+        let resend = |email: &str| {
+            post_as(&server, "/auth/verify-email/resend", "203.0.113.9", json!({"email": email}))
+                .status()
+                .as_u16()
+        };
+        assert_eq!(resend("victim@example.com"), 202);
+        // (On one instance the flood shares one allowance once the limiter is full; on
+        // PostgreSQL each address has its row.)
+        for i in 0..400 {
+            let status = resend(&format!("fake{i}@example.com"));
+            assert!(status == 202 || status == 429, "flood answered {status}");
+        }
+        assert_eq!(resend("victim@example.com"), 202, "the known address kept its allowance");
+        assert_eq!(resend("victim@example.com"), 429, "and only its allowance");
+    }
+}
