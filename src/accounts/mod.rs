@@ -39,6 +39,8 @@ pub struct Context {
     pub now: i64,
     pub request_id: String,
     pub client_ip: IpAddr,
+    /// What per-address limits count the client by (its network, for IPv6).
+    pub client_key: IpAddr,
 }
 
 impl Context {

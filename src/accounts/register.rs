@@ -109,7 +109,7 @@ impl Accounts {
         self.admit(
             "registration",
             |l| &l.registrations,
-            &ctx.client_ip.to_string(),
+            &ctx.client_key.to_string(),
         )
         .await?;
         let rejected = |e: AccountError| {

@@ -37,6 +37,8 @@ pub struct ApiRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub client_ip: IpAddr,
+    /// What per-address limits count the client by (its network, for IPv6).
+    pub client_key: IpAddr,
     pub request_id: String,
     /// Unix seconds, read once at the edge.
     pub now: i64,
@@ -49,6 +51,7 @@ impl ApiRequest {
             now: self.now,
             request_id: self.request_id.clone(),
             client_ip: self.client_ip,
+            client_key: self.client_key,
         }
     }
 }
@@ -184,7 +187,7 @@ pub async fn admit(
     live: &Live,
     path: &str,
     headers: &HeaderMap,
-    client_ip: Option<IpAddr>,
+    client_key: Option<IpAddr>,
     now: i64,
 ) -> Result<Decision, Error> {
     let per_user = endpoints::find(path).is_some_and(|f| f.limit() == Limit::PerUser);
@@ -206,7 +209,7 @@ pub async fn admit(
                 .map_err(Error::Throttled);
         }
     }
-    let ip = client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let ip = client_key.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     state
         .admit("api_public", "", &live.limits.public, ip)
         .await

@@ -11,8 +11,26 @@ use crate::clock::Clock;
 use crate::config::Quota;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The key a client address is limited by: an IPv4 address as is (also when written as an
+/// IPv4-mapped IPv6 address); an IPv6 address as its network of `v6_prefix` bits, since one
+/// subscriber or server usually holds a whole /64 and could otherwise take 2^64 allowances.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+    }
+}
 
 /// What a limiter decided, with what the `RateLimit-*` headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +323,22 @@ impl LoginGuard {
 #[cfg(test)]
 mod gcra_tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_network() {
+        let key = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(key("203.0.113.7", 64), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7", 64), "203.0.113.7");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48), "2001:db8:1::");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 128),
+            "2001:db8:1:2:aaaa:bbbb:cccc:dddd"
+        );
+    }
 
     #[test]
     fn gcra_decisions_from_an_arrival_time() {

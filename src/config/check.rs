@@ -719,6 +719,7 @@ fn limits(c: &mut Checker, l: &RawLimits) -> LimitSettings {
             100,
             100_000_000,
         ) as usize,
+        ipv6_prefix: c.range("limits.ipv6_prefix", l.ipv6_prefix, 32, 128) as u8,
         login_failures: c.range("limits.login_failures", l.login_failures, 1, 100) as u32,
         login_failure_window: Duration::from_secs(
             60 * c.range(

@@ -105,6 +105,8 @@ pub struct LiveLimits {
 pub struct LimitSettings {
     /// Most keys one limiter tracks; past that new keys share an overflow bucket.
     pub max_tracked_keys: usize,
+    /// IPv6 clients are limited per network of this prefix length (IPv4 per address).
+    pub ipv6_prefix: u8,
     pub login_failures: u32,
     pub login_failure_window: Duration,
     /// Request headers larger than this get 431.

@@ -29,6 +29,7 @@ pub struct RawConfig {
 pub struct RawLimits {
     pub route_default: String,
     pub max_tracked_keys: i64,
+    pub ipv6_prefix: i64,
     pub login_failures: i64,
     pub login_failure_window_minutes: i64,
     pub registrations_per_ip: String,
@@ -44,6 +45,7 @@ impl Default for RawLimits {
         RawLimits {
             route_default: String::new(),
             max_tracked_keys: 100_000,
+            ipv6_prefix: 64,
             login_failures: 5,
             login_failure_window_minutes: 15,
             registrations_per_ip: "5/1hour".into(),

@@ -10,8 +10,8 @@ pub mod slow_head;
 pub mod upstream;
 
 use crate::api::{self, ApiRequest};
-use crate::auth::gate;
 use crate::auth::sessions::Identity;
+use crate::auth::{gate, limiter};
 use crate::error::Error;
 use crate::metrics::status_class;
 use crate::routes::Destination;
@@ -45,6 +45,8 @@ pub struct RequestCtx {
     request_id: String,
     peer_ip: Option<IpAddr>,
     client_ip: Option<IpAddr>,
+    /// What per-address limits count the client by (its network, for IPv6).
+    client_key: Option<IpAddr>,
     /// Normalized origin-form target the upstream receives.
     upstream_target: Option<String>,
     served: Served,
@@ -155,7 +157,7 @@ impl Gateway {
                 let (method, headers) = (req.method.clone(), req.headers.clone());
                 let query = target.query.clone();
                 ctx.rate =
-                    Some(api::admit(state, &live, &rel, &headers, ctx.client_ip, now).await?);
+                    Some(api::admit(state, &live, &rel, &headers, ctx.client_key, now).await?);
                 let body = read_api_body(session, state.config.api.max_body_bytes).await?;
                 ctx.body_read = true;
                 let api_req = ApiRequest {
@@ -165,6 +167,7 @@ impl Gateway {
                     headers,
                     body,
                     client_ip: ctx.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                    client_key: ctx.client_key.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                     request_id: ctx.request_id.clone(),
                     now,
                 };
@@ -275,7 +278,7 @@ impl Gateway {
                                 .await
                         }
                         None => {
-                            let ip = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                            let ip = ctx.client_key.unwrap_or(IpAddr::from([0, 0, 0, 0]));
                             state.admit("route", &route.path, limiter, ip).await
                         }
                     }
@@ -308,6 +311,7 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             peer_ip: None,
             client_ip: None,
+            client_key: None,
             upstream_target: None,
             served: Served::Unrouted,
             identity: None,
@@ -336,6 +340,8 @@ impl ProxyHttp for Gateway {
                 &self.state.config.server.trusted_proxies,
             )
         });
+        let v6_prefix = self.state.config.limits.ipv6_prefix;
+        ctx.client_key = ctx.client_ip.map(|ip| limiter::client_key(ip, v6_prefix));
         session.set_read_timeout(Some(self.state.config.limits.body_read_timeout));
         let decided =
             if header_bytes(session.req_header()) > self.state.config.limits.max_header_bytes {

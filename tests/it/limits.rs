@@ -583,3 +583,74 @@ crate::on_both_backends! {
         assert_eq!(resend("victim@example.com"), 429, "and only its allowance");
     }
 }
+
+#[test]
+fn ipv6_clients_are_limited_per_network_not_per_address() {
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let server = TestServer::start(|raw| {
+        raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        raw.rate_limits.public_routes = 2;
+        raw.rate_limits.public_time_unit = "10minute".into();
+        raw.limits.registrations_per_ip = "1/1hour".into();
+        let mut public = route("/public", addr, "public", &[]);
+        public.rate_limit = Some("1/1minute".into());
+        raw.routes = vec![public];
+    });
+    // The public API limit: three addresses of one /64 share it; another /64 has its own.
+    assert_eq!(get_as(&server, "/auth/", "2001:db8:1:2::1").status(), 200);
+    assert_eq!(get_as(&server, "/auth/", "2001:db8:1:2::2").status(), 200);
+    assert_eq!(
+        get_as(&server, "/auth/", "2001:db8:1:2:ffff::3").status(),
+        429
+    );
+    assert_eq!(get_as(&server, "/auth/", "2001:db8:1:3::1").status(), 200);
+    // Registrations per address.
+    let reg = |n: u32, ip: &str| {
+        post_as(
+            &server,
+            "/auth/register",
+            ip,
+            json!({"email": format!("v6-{n}@example.com"),
+            "nickname": format!("v6n{n}"), "password": PW,
+            "passphrase": "correct horse battery staple"}),
+        )
+        .status()
+    };
+    assert_eq!(reg(1, "2001:db8:9:9::1"), 201);
+    assert_eq!(reg(2, "2001:db8:9:9::abcd"), 429);
+    // A public route's limit.
+    assert_eq!(
+        get_as(&server, "/public/x", "2001:db8:7:7::1").status(),
+        200
+    );
+    assert_eq!(
+        get_as(&server, "/public/x", "2001:db8:7:7::2").status(),
+        429
+    );
+    assert_eq!(
+        get_as(&server, "/public/x", "2001:db8:7:8::1").status(),
+        200
+    );
+    // An IPv4-mapped address is the IPv4 address.
+    assert_eq!(get_as(&server, "/public/x", "198.51.100.7").status(), 200);
+    assert_eq!(
+        get_as(&server, "/public/x", "::ffff:198.51.100.7").status(),
+        429
+    );
+
+    // The prefix is a setting: /128 counts each address.
+    let per_address = TestServer::start(|raw| {
+        raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        raw.rate_limits.public_routes = 1;
+        raw.limits.ipv6_prefix = 128;
+    });
+    assert_eq!(
+        get_as(&per_address, "/auth/", "2001:db8:1:2::1").status(),
+        200
+    );
+    assert_eq!(
+        get_as(&per_address, "/auth/", "2001:db8:1:2::2").status(),
+        200
+    );
+}
