@@ -43,9 +43,10 @@ pub enum Error {
     AccountLocked,
     #[error("email not verified")]
     EmailNotVerified,
-    /// A rate limit or the login guard refused the request.
+    /// A rate limit or the login guard refused the request; the detail names the limit when
+    /// the client should know which (else "Too many requests").
     #[error("throttled")]
-    Throttled(crate::auth::limiter::Decision),
+    Throttled(crate::auth::limiter::Decision, Option<String>),
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("request timeout")]
@@ -74,7 +75,7 @@ impl Error {
             Error::Invalid(_) | Error::Duplicate(_) => StatusCode::BAD_REQUEST,
             Error::BadCredentials => StatusCode::UNAUTHORIZED,
             Error::AccountLocked | Error::EmailNotVerified => StatusCode::FORBIDDEN,
-            Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Throttled(..) => StatusCode::TOO_MANY_REQUESTS,
             Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -87,7 +88,9 @@ impl Error {
     /// The message clients see in `{"detail": …}`.
     pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Error::Unprocessable(msg) | Error::Invalid(msg) => msg.clone().into(),
+            Error::Unprocessable(msg) | Error::Invalid(msg) | Error::Throttled(_, Some(msg)) => {
+                msg.clone().into()
+            }
             other => other.fixed_message().into(),
         }
     }
@@ -100,7 +103,7 @@ impl Error {
             Error::BadCredentials => "Incorrect email or password",
             Error::AccountLocked => "Account locked",
             Error::EmailNotVerified => "Email not verified",
-            Error::Throttled(_) => "Too many requests",
+            Error::Throttled(..) => "Too many requests",
             Error::HeadersTooLarge => "Request headers too large",
             Error::RequestTimeout => "Request timed out",
             Error::MissingToken => "Not authenticated",
@@ -135,7 +138,7 @@ impl Error {
         if let Some(challenge) = self.challenge() {
             h.push(("www-authenticate", challenge.to_string()));
         }
-        if let Error::Throttled(decision) = self {
+        if let Error::Throttled(decision, _) = self {
             h.extend(decision.headers());
         }
         if let Error::Unavailable = self {
@@ -160,7 +163,7 @@ impl Error {
             Error::BadCredentials => "bad_credentials",
             Error::AccountLocked => "account_locked",
             Error::EmailNotVerified => "email_not_verified",
-            Error::Throttled(_) => "throttled",
+            Error::Throttled(..) => "throttled",
             Error::HeadersTooLarge => "headers_too_large",
             Error::RequestTimeout => "request_timeout",
             Error::UpstreamUnavailable => "upstream_unavailable",
@@ -190,7 +193,7 @@ impl From<crate::accounts::AccountError> for Error {
             A::EmailNotVerified => Error::EmailNotVerified,
             A::Forbidden => Error::Forbidden,
             A::NotFound => Error::NotFound,
-            A::Throttled(decision) => Error::Throttled(decision),
+            A::Throttled(decision, detail) => Error::Throttled(decision, detail),
             A::Unavailable => Error::Unavailable,
             A::Internal(detail) => Error::Internal(detail),
         }

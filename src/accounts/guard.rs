@@ -102,10 +102,10 @@ impl Accounts {
         let limits = self.limits.load();
         let limiter = pick(&limits);
         let decisions = &self.metrics.rate_limits;
+        let refused =
+            |d: Decision| AccountError::Throttled(d, limit_detail(scope, limiter.quota()));
         let Some(shared) = self.store.shared_counters() else {
-            return limiter
-                .admit(key, scope, decisions)
-                .map_err(AccountError::Throttled);
+            return limiter.admit(key, scope, decisions).map_err(refused);
         };
         let quota = limiter.quota();
         let now_ms = self.clock.since_epoch().as_millis() as i64;
@@ -119,6 +119,30 @@ impl Accounts {
             .await?;
         Decision::from_gcra(quota, admission.allowed, admission.tat_ms, now_ms)
             .counted(scope, decisions)
-            .map_err(AccountError::Throttled)
+            .map_err(refused)
     }
+}
+
+/// What a client refused by an account limit is told: which limit, and the setting that sets it
+/// (so that an operator reading the answer knows what happened). Nothing for other scopes.
+fn limit_detail(scope: &str, quota: crate::config::Quota) -> Option<String> {
+    let (what, setting) = match scope {
+        "registration" => (
+            "registrations from this address",
+            "limits.registrations_per_ip",
+        ),
+        "recovery" => (
+            "recovery attempts for this account",
+            "limits.recovery_per_account",
+        ),
+        "resend" => (
+            "verification emails for this address",
+            "limits.resend_per_account",
+        ),
+        _ => return None,
+    };
+    Some(format!(
+        "Too many {what}: at most {} ({setting})",
+        quota.describe()
+    ))
 }

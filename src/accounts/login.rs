@@ -45,13 +45,16 @@ impl Accounts {
             let mut ev = ctx.event(AuditKind::Login, Outcome::Throttled, None);
             ev.detail = Some(format!("retry_after={wait}"));
             self.audit(vec![ev]).await;
-            return Err(AccountError::Throttled(Decision {
-                allowed: false,
-                limit: self.guard.threshold(),
-                remaining: 0,
-                reset_secs: wait,
-                retry_after_secs: wait,
-            }));
+            return Err(AccountError::Throttled(
+                Decision {
+                    allowed: false,
+                    limit: self.guard.threshold(),
+                    remaining: 0,
+                    reset_secs: wait,
+                    retry_after_secs: wait,
+                },
+                None,
+            ));
         }
         self.metrics
             .rate_limits

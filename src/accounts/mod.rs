@@ -84,8 +84,9 @@ pub enum AccountError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    /// A limit refused the request; with what to tell the client about it, if anything.
     #[error("throttled")]
-    Throttled(Decision),
+    Throttled(Decision, Option<String>),
     /// The store cannot be reached now; nothing happened.
     #[error("storage unavailable")]
     Unavailable,
@@ -106,7 +107,7 @@ impl AccountError {
             AccountError::EmailNotVerified => "email_not_verified",
             AccountError::Forbidden => "forbidden",
             AccountError::NotFound => "not_found",
-            AccountError::Throttled(_) => "throttled",
+            AccountError::Throttled(..) => "throttled",
             AccountError::Unavailable => "unavailable",
             AccountError::Internal(_) => "internal",
         }

@@ -26,7 +26,7 @@ impl Accounts {
         let admitted = self
             .admit("recovery", |l| &l.recovery, &email.to_lowercase())
             .await;
-        if let Err(throttled @ AccountError::Throttled(_)) = admitted {
+        if let Err(throttled @ AccountError::Throttled(..)) = admitted {
             let mut ev = ctx.event(AuditKind::Recovery, Outcome::Throttled, None);
             ev.detail = Some("too many attempts for this account".into());
             self.audit(vec![ev]).await;

@@ -206,14 +206,14 @@ pub async fn admit(
                     claims.user_id.as_str(),
                 )
                 .await
-                .map_err(Error::Throttled);
+                .map_err(|d| Error::Throttled(d, None));
         }
     }
     let ip = client_key.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     state
         .admit("api_public", "", &live.limits.public, ip)
         .await
-        .map_err(Error::Throttled)
+        .map_err(|d| Error::Throttled(d, None))
 }
 
 /// Parse a JSON body; malformed JSON, wrong types and missing fields are 422.

@@ -61,7 +61,8 @@ pub struct UserView {
     pub is_logged_in: bool,
     /// Unix seconds of the last activity of a live session.
     pub last_seen: Option<i64>,
-    /// Time since `last_seen`, e.g. `1h 2m 5s`.
+    /// Time since `last_seen` as the original service wrote it: `5 sec`, `1 min 5 sec`,
+    /// `2 hour 0 min 7 sec`.
     pub idle_duration: Option<String>,
 }
 
@@ -85,24 +86,19 @@ pub struct AuditPage {
     pub next_before: Option<u64>,
 }
 
-/// "3h 5m 10s" for a number of seconds.
+/// A number of seconds the way the original service wrote `idle_duration` (its clients parse
+/// it): from the largest unit present down to seconds — `5 sec`, `1 min 5 sec`,
+/// `2 hour 0 min 7 sec`.
 pub fn human_duration(secs: i64) -> String {
     let secs = secs.max(0);
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let mut out = Vec::new();
-    if d > 0 {
-        out.push(format!("{d}d"));
-    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     if h > 0 {
-        out.push(format!("{h}h"));
+        format!("{h} hour {m} min {s} sec")
+    } else if m > 0 {
+        format!("{m} min {s} sec")
+    } else {
+        format!("{s} sec")
     }
-    if m > 0 {
-        out.push(format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push(format!("{s}s"));
-    }
-    out.join(" ")
 }
 
 /// The public view of a user (never a hash), with its activity.
@@ -129,8 +125,11 @@ mod tests {
 
     #[test]
     fn durations_read_well() {
-        assert_eq!(human_duration(0), "0s");
-        assert_eq!(human_duration(3725), "1h 2m 5s");
-        assert_eq!(human_duration(90_000), "1d 1h");
+        assert_eq!(human_duration(-3), "0 sec");
+        assert_eq!(human_duration(5), "5 sec");
+        assert_eq!(human_duration(65), "1 min 5 sec");
+        assert_eq!(human_duration(120), "2 min 0 sec");
+        assert_eq!(human_duration(3725), "1 hour 2 min 5 sec");
+        assert_eq!(human_duration(90_007), "25 hour 0 min 7 sec");
     }
 }

@@ -397,6 +397,24 @@ pub struct Quota {
     pub period: Duration,
 }
 
+impl Quota {
+    /// The quota in words: "5 per 1 hour", "30 per 10 seconds".
+    pub fn describe(&self) -> String {
+        let secs = self.period.as_secs();
+        let (n, unit) = [
+            (86_400, "day"),
+            (3600, "hour"),
+            (60, "minute"),
+            (1, "second"),
+        ]
+        .into_iter()
+        .find(|(len, _)| secs >= *len && secs % len == 0)
+        .map_or((secs, "second"), |(len, unit)| (secs / len, unit));
+        let plural = if n == 1 { "" } else { "s" };
+        format!("{} per {n} {unit}{plural}", self.requests)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -447,6 +465,20 @@ pub fn parse_time_unit(text: &str) -> Option<Duration> {
         return None;
     }
     count.checked_mul(seconds).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn quotas_read_as_words() {
+        let q = |text| parse_rate(text).unwrap().describe();
+        assert_eq!(q("5/1hour"), "5 per 1 hour");
+        assert_eq!(q("30/10seconds"), "30 per 10 seconds");
+        assert_eq!(q("3/120minute"), "3 per 2 hours");
+        assert_eq!(q("1/90second"), "1 per 90 seconds");
+    }
 }
 
 /// Parse `"N/unit"` (`"100/1minute"`, `"5/hour"`, `"30/10seconds"`).

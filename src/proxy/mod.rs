@@ -282,7 +282,7 @@ impl Gateway {
                             state.admit("route", &route.path, limiter, ip).await
                         }
                     }
-                    .map_err(Error::Throttled)?;
+                    .map_err(|d| Error::Throttled(d, None))?;
                     ctx.rate = Some(decision);
                 }
                 ctx.upstream_target = Some(target.origin_form());
@@ -358,7 +358,7 @@ impl ProxyHttp for Gateway {
                 ctx.outcome = Some(err.reason());
                 let close = has_body(session.req_header()) && !ctx.body_read;
                 let extra = match (&err, ctx.rate) {
-                    (Error::Throttled(_), _) | (_, None) => Vec::new(),
+                    (Error::Throttled(..), _) | (_, None) => Vec::new(),
                     (_, Some(d)) => d.headers(),
                 };
                 respond::error(session, &err, &extra, &ctx.request_id, close).await?;

@@ -432,3 +432,27 @@ fn admin_create_command_reads_secrets_from_stdin_not_argv() {
         String::from_utf8_lossy(&busy.stderr)
     );
 }
+
+#[test]
+fn idle_duration_is_written_as_the_original_service_wrote_it() {
+    let (_u, server, admin) = setup();
+    let uid = server.register("idle@example.com", "idle", PW);
+    server.login("idle@example.com", PW);
+    server.clock.advance(65);
+    let (status, view) = server.api(
+        "GET",
+        &format!("/accounts_management/{uid}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["idle_duration"], "1 min 5 sec");
+    let (_, list) = server.api("GET", "/accounts_management/", Some(&admin), None);
+    let idle = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == uid.as_str())
+        .unwrap();
+    assert_eq!(idle["idle_duration"], "1 min 5 sec");
+}

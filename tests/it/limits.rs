@@ -304,7 +304,14 @@ crate::on_both_backends! {
         };
         assert_eq!(reg("r1@example.com", "r1", "203.0.113.1"), 201);
         assert_eq!(reg("r2@example.com", "r2", "203.0.113.1"), 201);
-        assert_eq!(reg("r3@example.com", "r3", "203.0.113.1"), 429);
+        let refused = post_as(&server, "/auth/register", "203.0.113.1", json!({"email": "r3@example.com", "nickname": "r3", "password": PW, "passphrase": "correct horse battery staple"}));
+        assert_eq!(refused.status(), 429);
+        assert!(header(&refused, "retry-after").is_some());
+        assert_eq!(
+            refused.json::<Value>().unwrap()["detail"],
+            "Too many registrations from this address: at most 2 per 1 hour (limits.registrations_per_ip)",
+            "the answer names the limit"
+        );
         assert_eq!(
             reg("r3@example.com", "r3", "203.0.113.2"),
             201,
@@ -355,6 +362,11 @@ crate::on_both_backends! {
         };
         assert_eq!(resend(), 202);
         assert_eq!(resend(), 429);
+        let refused = post_as(&server, "/auth/verify-email/resend", "203.0.113.5", json!({"email": "r3@example.com"}));
+        assert_eq!(
+            refused.json::<Value>().unwrap()["detail"],
+            "Too many verification emails for this address: at most 1 per 1 hour (limits.resend_per_account)"
+        );
     }
 }
 
