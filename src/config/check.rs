@@ -406,12 +406,29 @@ fn proxy(c: &mut Checker, p: &RawProxy) -> ProxySettings {
         role: c.header("proxy.role_header", &p.role_header, &id_prefix),
         prefix: id_prefix,
     };
+    let mut strip_headers = Vec::new();
+    for (i, name) in p.strip_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(name) if !matches!(name.as_str(), "host" | "content-length" | "transfer-encoding") => {
+                strip_headers.push(name)
+            }
+            Ok(_) => c.fail(
+                &format!("proxy.strip_headers[{i}]"),
+                "Host, Content-Length and Transfer-Encoding frame the request and cannot be removed",
+            ),
+            Err(_) => c.fail(
+                &format!("proxy.strip_headers[{i}]"),
+                format!("not a valid header name: {name:?}"),
+            ),
+        }
+    }
     ProxySettings {
         connect_timeout,
         read_timeout,
         write_timeout,
         idle_timeout,
         identity,
+        strip_headers,
     }
 }
 

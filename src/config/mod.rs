@@ -249,6 +249,8 @@ pub struct ProxySettings {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub identity: IdentityHeaders,
+    /// Client-sent headers never passed to an upstream, besides the built-in ones.
+    pub strip_headers: Vec<http::HeaderName>,
 }
 
 /// Names of the headers that carry the caller's identity to the upstream.

@@ -157,6 +157,7 @@ pub struct RawProxy {
     pub email_header: String,
     pub nickname_header: String,
     pub role_header: String,
+    pub strip_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -292,6 +293,7 @@ impl Default for RawProxy {
             email_header: "X-Auth-Email".into(),
             nickname_header: "X-Auth-Nickname".into(),
             role_header: "X-Auth-Role".into(),
+            strip_headers: Vec::new(),
         }
     }
 }

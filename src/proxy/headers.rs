@@ -3,7 +3,7 @@
 //! then inject the real identity, request id and forwarding headers. Also derives the client IP.
 
 use crate::auth::sessions::Principal;
-use crate::config::IdentityHeaders;
+use crate::config::{IdentityHeaders, ProxySettings};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -29,6 +29,28 @@ pub const OWNED_HEADERS: &[&str] = &[
     REQUEST_ID,
 ];
 
+/// Headers some proxies, CDNs and servers use to tell the upstream who the client is or how it
+/// connected. Believed by many frameworks, so removed unless the peer is a trusted proxy (which
+/// sets them itself).
+pub const CLIENT_CLAIM_HEADERS: &[&str] = &[
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+    "x-host",
+];
+
+/// Headers other authentication proxies and web servers use to name the authenticated user.
+/// Only portcullis says who the user is: removed from every request, trusted proxy or not.
+pub const USER_CLAIM_HEADERS: &[&str] = &["x-forwarded-user", "x-forwarded-email", "remote-user"];
+
 /// Header values are visible ASCII; anything else in an identity value is percent-encoded.
 const IDENTITY_ENCODE: &AsciiSet = &CONTROLS.add(b'%').add(b'"').add(b'\\').add(0x7f);
 
@@ -47,18 +69,36 @@ fn same_name(name: &str, canon: &str, prefix: bool) -> bool {
             .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
-/// Names of the client-sent headers that must not reach the upstream.
-pub fn spoofable_headers(headers: &HeaderMap, identity: &IdentityHeaders) -> Vec<HeaderName> {
+/// Names of the client-sent headers that must not reach the upstream: portcullis's own, other
+/// user claims, the operator's `proxy.strip_headers`, and — unless the peer is a trusted proxy —
+/// claims about the client's address and scheme.
+pub fn spoofable_headers(
+    headers: &HeaderMap,
+    proxy: &ProxySettings,
+    from_trusted_proxy: bool,
+) -> Vec<HeaderName> {
+    let is = |n: &str, list: &[&str]| list.iter().any(|canon| same_name(n, canon, false));
     let mut names: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let n = name.as_str();
-        let spoofable = same_name(n, &identity.prefix, true)
-            || OWNED_HEADERS.iter().any(|owned| same_name(n, owned, false));
-        if spoofable {
+        let spoofable = same_name(n, &proxy.identity.prefix, true)
+            || is(n, OWNED_HEADERS)
+            || is(n, USER_CLAIM_HEADERS)
+            || (!from_trusted_proxy && is(n, CLIENT_CLAIM_HEADERS))
+            || proxy
+                .strip_headers
+                .iter()
+                .any(|s| same_name(n, s.as_str(), false));
+        if spoofable && !names.contains(name) {
             names.push(name.clone());
         }
     }
     names
+}
+
+/// Is `peer` one of `server.trusted_proxies`?
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    is_trusted(peer, trusted)
 }
 
 /// The identity header value for a claim: visible ASCII as is; controls, `%`, quotes and
@@ -203,6 +243,39 @@ mod tests {
         }
     }
 
+    fn proxy(strip: &[&'static str]) -> ProxySettings {
+        ProxySettings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
+            write_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+            identity: identity(),
+            strip_headers: strip.iter().map(|s| HeaderName::from_static(s)).collect(),
+        }
+    }
+
+    #[test]
+    fn client_and_user_claims_are_found() {
+        let mut h = HeaderMap::new();
+        for name in CLIENT_CLAIM_HEADERS.iter().chain(USER_CLAIM_HEADERS) {
+            h.append(*name, HeaderValue::from_static("x"));
+        }
+        h.append("Remote_User", HeaderValue::from_static("root"));
+        h.append("x-tenant", HeaderValue::from_static("other"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        let untrusted = spoofable_headers(&h, &proxy(&["x-tenant"]), false);
+        assert_eq!(
+            untrusted.len(),
+            CLIENT_CLAIM_HEADERS.len() + USER_CLAIM_HEADERS.len() + 2,
+            "{untrusted:?}"
+        );
+        let trusted = spoofable_headers(&h, &proxy(&["x-tenant"]), true);
+        assert_eq!(trusted.len(), USER_CLAIM_HEADERS.len() + 2, "{trusted:?}");
+        assert!(!trusted
+            .iter()
+            .any(|n| n == "accept" || n == "cf-connecting-ip"));
+    }
+
     #[test]
     fn every_spelling_of_identity_headers_is_found() {
         let mut h = HeaderMap::new();
@@ -213,7 +286,7 @@ mod tests {
         h.append("X-Service-Token", HeaderValue::from_static("x"));
         h.append("X-Original-URL", HeaderValue::from_static("/admin"));
         h.append("accept", HeaderValue::from_static("*/*"));
-        let names = spoofable_headers(&h, &identity());
+        let names = spoofable_headers(&h, &proxy(&[]), false);
         assert_eq!(names.len(), 5, "{names:?}");
         assert!(!names.iter().any(|n| n == "accept"));
     }

@@ -395,7 +395,11 @@ impl ProxyHttp for Gateway {
         if let Some(target) = &ctx.upstream_target {
             upstream.set_raw_path(target.as_bytes())?;
         }
-        for name in headers::spoofable_headers(&upstream.headers, &config.proxy.identity) {
+        let from_trusted_proxy = ctx
+            .peer_ip
+            .is_some_and(|peer| headers::is_trusted_proxy(peer, &config.server.trusted_proxies));
+        for name in headers::spoofable_headers(&upstream.headers, &config.proxy, from_trusted_proxy)
+        {
             upstream.remove_header(&name);
         }
         if let Some(identity) = &ctx.identity {

@@ -204,6 +204,8 @@ const BAD_ENV: &[(&str, &str, &str)] = &[
     ("PORTCULLIS_PROXY__EMAIL_HEADER", "X-Email", "proxy.email_header"),
     ("PORTCULLIS_PROXY__NICKNAME_HEADER", "", "proxy.nickname_header"),
     ("PORTCULLIS_PROXY__ROLE_HEADER", "X-Auth-Role:", "proxy.role_header"),
+    ("PORTCULLIS_PROXY__STRIP_HEADERS", "X-Tenant, Bad Header", "proxy.strip_headers[1]"),
+    ("PORTCULLIS_PROXY__STRIP_HEADERS", "content-length", "proxy.strip_headers[0]"),
     ("PORTCULLIS_STORAGE__AUDIT_DATABASE", "./data/portcullis.redb", "storage.audit_database"),
     ("PORTCULLIS_STORAGE__DATABASE", "mysql://app:pw@db/portcullis", "storage.database"),
     ("DATABASE_URL", "postgres://app:pw@db/portcullis?sslmode=verify-ca", "storage.database"),

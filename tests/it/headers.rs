@@ -222,3 +222,94 @@ fn identity_header_names_are_configurable() {
     assert_eq!(seen.all("x-portcullis-role"), vec!["user"]);
     assert!(seen.all("x_portcullis_uid").is_empty());
 }
+
+/// Headers other proxies and servers use for the client's address and scheme, or for the user.
+const CLAIMS: &str = "X-Client-IP: 1.2.3.4\r\n\
+True-Client-IP: 1.2.3.4\r\n\
+CF-Connecting-IP: 1.2.3.4\r\n\
+X-Cluster-Client-IP: 1.2.3.4\r\n\
+Fastly-Client-IP: 1.2.3.4\r\n\
+Client-IP: 1.2.3.4\r\n\
+X-Forwarded-Server: evil.example\r\n\
+X-Forwarded-Scheme: https\r\n\
+X-Forwarded-Ssl: on\r\n\
+Front-End-Https: on\r\n\
+X-Url-Scheme: https\r\n\
+X-Host: evil.example\r\n\
+X-Forwarded-User: admin\r\n\
+X_Forwarded_Email: ceo@victim.example\r\n\
+Remote-User: admin\r\n\
+X-Tenant: other-tenant\r\n";
+
+const CLIENT_CLAIMS: &[&str] = &[
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+    "x-host",
+];
+
+fn seen_names(seen: &crate::common::echo::Seen) -> Vec<String> {
+    seen.headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase().replace('_', "-"))
+        .collect()
+}
+
+#[test]
+fn address_scheme_and_user_claims_are_stripped_from_untrusted_clients() {
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let server = TestServer::start(|raw| {
+        raw.proxy.strip_headers = vec!["X-Tenant".into()];
+        raw.routes = vec![route("/public", addr, "public", &[])];
+    });
+    let resp = raw_get(server.addr(), "/public/x", CLAIMS);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let names = seen_names(&upstream.last());
+    for claim in CLIENT_CLAIMS.iter().chain(&[
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "remote-user",
+        "x-tenant",
+    ]) {
+        assert!(
+            !names.contains(&claim.to_string()),
+            "{claim} reached the upstream"
+        );
+    }
+}
+
+#[test]
+fn a_trusted_proxy_may_vouch_for_the_address_but_never_for_the_user() {
+    let upstream = EchoUpstream::start();
+    let addr = upstream.addr;
+    let server = TestServer::start(|raw| {
+        raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        raw.proxy.strip_headers = vec!["x-tenant".into()];
+        raw.routes = vec![route("/public", addr, "public", &[])];
+    });
+    let resp = raw_get(server.addr(), "/public/x", CLAIMS);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let seen = upstream.last();
+    assert_eq!(seen.header("cf-connecting-ip"), Some("1.2.3.4"));
+    let names = seen_names(&seen);
+    for claim in [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "remote-user",
+        "x-tenant",
+    ] {
+        assert!(
+            !names.contains(&claim.to_string()),
+            "{claim} reached the upstream"
+        );
+    }
+}
