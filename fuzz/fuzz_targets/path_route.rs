@@ -1,6 +1,6 @@
 //! Request-target normalization and route classification: whatever the bytes, parsing never
-//! panics, its output is a fixed point of normalization with no empty, `.` or `..` segment, and
-//! the route chosen is the longest one that covers the path on a segment boundary.
+//! panics, its output is a fixed point of normalization with no empty, `.` or `..` segment, no
+//! segment ending in a dot or space, no encoded delimiter, and the route chosen is the longest one that covers the path on a segment boundary.
 
 #![no_main]
 
@@ -42,6 +42,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(!path.contains("//"), "{path:?}");
     for seg in path.split('/').skip(1) {
         assert!(seg != "." && seg != "..", "{path:?}");
+        // No segment another server would trim into a different one.
+        assert!(!seg.ends_with('.') && !seg.ends_with("%20"), "{path:?}");
+    }
+    // No delimiter hidden behind one or two layers of encoding.
+    for hidden in ["%3B", "%3F", "%23", "%253B", "%253F", "%2523"] {
+        assert!(!path.to_ascii_uppercase().contains(hidden), "{path:?}");
     }
     assert!(
         path.bytes()

@@ -106,8 +106,10 @@ fn split_absolute_form(raw: &[u8]) -> Result<(Option<String>, &[u8]), Error> {
 }
 
 /// Normalize a raw path (RFC 3986 §6.2.2 plus slash merging), refusing what could be read two
-/// ways: encoded `/` or `\`, backslashes, NUL and control bytes, double encoding of those or of
-/// `.`, `;` path parameters, non-ASCII bytes, and `..` above the root.
+/// ways: encoded `/` or `\`, backslashes, NUL and control bytes, `;` path parameters and the
+/// delimiters `;`, `?` and `#` encoded (once or twice), double encoding of `/`, `\`, `.` or `%`,
+/// segments ending in a dot or a space (which some servers strip: `admin.` is `admin` there),
+/// non-ASCII bytes, and `..` above the root.
 pub fn normalize_path(raw: &[u8]) -> Result<String, Error> {
     if raw.first() != Some(&b'/') {
         return Err(Error::BadRequest("Path must start with /"));
@@ -130,6 +132,9 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, Error> {
                     return Err(Error::BadRequest(
                         "Encoded slash, backslash or control character in path",
                     ));
+                }
+                if matches!(v, b';' | b'?' | b'#') {
+                    return Err(Error::BadRequest("Encoded delimiter (;, ? or #) in path"));
                 }
                 if unreserved(v) {
                     decoded.push(v as char);
@@ -159,7 +164,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, Error> {
             rest.get(at + 4).copied().and_then(hex),
         ) {
             let inner = h * 16 + l;
-            if matches!(inner, b'/' | b'\\' | b'.' | b'%') || inner < 0x20 || inner == 0x7f {
+            if matches!(inner, b'/' | b'\\' | b'.' | b'%' | b';' | b'?' | b'#')
+                || inner < 0x20
+                || inner == 0x7f
+            {
                 return Err(Error::BadRequest("Double-encoded character in path"));
             }
         }
@@ -174,6 +182,9 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, Error> {
                 if segments.pop().is_none() {
                     return Err(Error::BadRequest("Path escapes the root"));
                 }
+            }
+            s if s.ends_with('.') || s.ends_with("%20") => {
+                return Err(Error::BadRequest("Path segment ending in a dot or a space"));
             }
             s => segments.push(s),
         }
@@ -234,6 +245,20 @@ mod tests {
             "/a b",
             "/caf\u{e9}",
             "/a#b",
+            "/api/admin%3Bx",
+            "/api/admin%3bx",
+            "/api/admin%3Fx",
+            "/api/admin%23x",
+            "/api/admin%253Bx",
+            "/api/admin%253Fx",
+            "/api/admin%2523x",
+            "/api/admin.",
+            "/api/admin./x",
+            "/api/admin%2E",
+            "/api/admin%2e/x",
+            "/api/admin%20",
+            "/api/admin%20/x",
+            "/api/admin...",
             // Found by the path_route fuzz target: decoding made a double encoding.
             "/a%25%32%66b",
             "/a%25%32%65%25%32%65/x",

@@ -61,6 +61,22 @@ fn ambiguous_encodings_are_refused() {
         "/public;/../admin",
         "/../admin",
         "/public/%zz",
+        // Encoded delimiters, once and twice, and segments some servers trim: each would be
+        // judged as another path than the one an upstream may act on.
+        "/admin%3Bx",
+        "/admin%3bx",
+        "/admin%3Fx",
+        "/admin%23x",
+        "/admin%253Bx",
+        "/admin%253Fx",
+        "/admin%2523x",
+        "/public/x%3B/../../admin",
+        "/admin.",
+        "/admin./x",
+        "/admin%2E/x",
+        "/admin%20",
+        "/admin%20/x",
+        "/public/x.",
     ] {
         let resp = raw_get(server.addr(), target, "");
         assert!(
