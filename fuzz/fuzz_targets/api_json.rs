@@ -50,6 +50,7 @@ fn call(
         headers,
         body: Bytes::from(body),
         client_ip: IpAddr::from([203, 0, 113, 7]),
+        client_key: IpAddr::from([203, 0, 113, 7]),
         request_id: "fuzz".into(),
         now: NOW,
     };

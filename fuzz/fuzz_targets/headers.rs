@@ -1,7 +1,8 @@
 //! Header stripping: whatever names and values a client sends, after the headers that
 //! `spoofable_headers` names are removed, none is left that an upstream could read as
-//! portcullis's identity, service token, forwarding or rewritten-URL header, in any case or
-//! with `_` for `-`.
+//! portcullis's identity, service token, forwarding or rewritten-URL header, or another proxy's
+//! user claim, or (from an untrusted peer) its client-address claim, in any case or with `_` for
+//! `-`.
 
 #![no_main]
 
@@ -10,14 +11,15 @@ mod common;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::IdentityHeaders;
-use portcullis::proxy::headers::{spoofable_headers, OWNED_HEADERS};
+use portcullis::config::ProxySettings;
+use portcullis::proxy::headers::{
+    spoofable_headers, CLIENT_CLAIM_HEADERS, OWNED_HEADERS, USER_CLAIM_HEADERS,
+};
 use std::sync::OnceLock;
 
-
-fn identity() -> &'static IdentityHeaders {
-    static I: OnceLock<IdentityHeaders> = OnceLock::new();
-    I.get_or_init(|| common::config("").proxy.identity)
+fn proxy() -> &'static ProxySettings {
+    static P: OnceLock<ProxySettings> = OnceLock::new();
+    P.get_or_init(|| common::config("").proxy)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -34,14 +36,18 @@ fuzz_target!(|data: &[u8]| {
         };
         headers.append(name, value);
     }
-    let identity = identity();
-    for name in spoofable_headers(&headers, identity) {
+    let proxy = proxy();
+    for name in spoofable_headers(&headers, proxy, false) {
         headers.remove(&name);
     }
     for name in headers.keys() {
         let canon = name.as_str().to_ascii_lowercase().replace('_', "-");
+        let canon = canon.as_str();
         assert!(
-            !canon.starts_with(&identity.prefix) && !OWNED_HEADERS.contains(&canon.as_str()),
+            !canon.starts_with(&proxy.identity.prefix)
+                && !OWNED_HEADERS.contains(&canon)
+                && !USER_CLAIM_HEADERS.contains(&canon)
+                && !CLIENT_CLAIM_HEADERS.contains(&canon),
             "{name} survived"
         );
     }
